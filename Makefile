@@ -1,0 +1,59 @@
+# pithnode — developer entry points. `make run` and `make test` work as the first command on a
+# fresh machine: both call `install`, which is idempotent (a stamp file tracks the lock).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.9.30
+STAMP := $(VENV)/.installed
+DATA_DIR ?= .pithnode-demo
+PYTEST_ARGS ?=
+
+.PHONY: install test lint typecheck run devnet bench fuzz soak clean os-deps
+
+install: $(STAMP)
+
+# OS build dependencies: py-libp2p's fastecdsa compiles against GMP.
+os-deps:
+	@if ! dpkg -s libgmp-dev >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then \
+		echo "installing OS build dependencies (libgmp-dev, build-essential)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev build-essential >/dev/null; \
+	fi
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(MAKE) --no-print-directory os-deps
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+	@echo "installed into $(VENV)"
+
+# Regenerate the lock after changing dependencies in pyproject.toml.
+lock: $(BIN)/python
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+lint: install
+	$(BIN)/ruff check protocol storage node tests bench
+	$(BIN)/python .ci/mypy_tree.py
+
+test: install lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+run: install
+	$(BIN)/python -m pithnode.node.demo --data-dir $(DATA_DIR)
+
+devnet: install
+	$(BIN)/python -m pithnode.node.devnet
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+fuzz: install
+	$(BIN)/python -m pytest tests/fuzz --hypothesis-profile=long $(PYTEST_ARGS)
+
+soak: install
+	$(BIN)/python bench/soak.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""Decoding documents from outside: size limits first, then UTF-8, then JSON, then kind."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import DecodeError, TooLarge
+
+__all__ = ["MAX_DOCUMENT_BYTES", "MAX_LINE_BYTES", "Document", "decode_document", "decode_json"]
+
+MAX_DOCUMENT_BYTES = 64 << 20
+#: One JSON Lines record (one event).
+MAX_LINE_BYTES = 2 << 20
+MAX_DEPTH = 64
+
+DocKind = Literal["state", "bundle", "event"]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    kind: DocKind
+    doc: dict[str, Any]
+
+
+def _depth_ok(obj: Any) -> bool:
+    stack = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return True
+
+
+def decode_json(data: bytes, *, limit: int = MAX_DOCUMENT_BYTES) -> Any:
+    """Strict UTF-8 JSON with a size limit checked before decoding."""
+    if len(data) > limit:
+        raise TooLarge("too_large", f"{len(data)} bytes exceeds the limit of {limit}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("bad_utf8", f"not UTF-8 (byte {exc.start})") from exc
+    try:
+        obj = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise DecodeError("bad_json", f"not JSON: {exc.msg} at line {exc.lineno} "
+                          f"column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise DecodeError("bad_json", "JSON nested too deeply") from exc
+    if not _depth_ok(obj):
+        raise DecodeError("bad_json", f"JSON nested deeper than {MAX_DEPTH}")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise DecodeError("bad_json", f"{name} is not valid JSON")
+
+
+def decode_document(data: bytes) -> Document:
+    """A state, a bundle or a single event, told apart by their type fields."""
+    obj = decode_json(data)
+    if not isinstance(obj, dict):
+        raise DecodeError("wrong_document_type", "a document is a JSON object")
+    if "state_type" in obj:
+        return Document("state", obj)
+    if "bundle_type" in obj:
+        return Document("bundle", obj)
+    if "event_type" in obj:
+        return Document("event", obj)
+    raise DecodeError("wrong_document_type", "neither a state, a bundle nor an event")
+
+

@@ -1,0 +1,106 @@
+"""What a node accepts into its store, and the import attestations it makes.
+
+Acceptance is narrower than validity: an event is *accepted* (stored, synced, merged) when
+it is a well-formed native event whose id and signature check out and, for import
+attestations, whose signer the network spec trusts. Accepted events may still be *invalid*
+in the merge (an unauthorised signer type, a bad payload): those are recorded in the
+state's ``invalid_events``. Rejected events are never stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .canonical import canonical_json, sha256_raw
+from .errors import InputError
+from .events import Event, event_from_json, make_native_event
+from .keys import SigningKey, public_key_from_key_id
+from .merge import admission_from_import
+from .spec import NetworkSpec
+
+__all__ = [
+    "MAX_IMPORT_EVENTS",
+    "accept",
+    "decode_event",
+    "event_set_fingerprint",
+    "make_registry_imports",
+    "sync_item",
+]
+
+#: Registry events one import attestation carries; larger sets are split.
+MAX_IMPORT_EVENTS = 64
+
+
+def decode_event(obj: Any) -> Event:
+    """Parse one envelope; raises :class:`InputError` with a reason code."""
+    return event_from_json(obj)
+
+
+def accept(ev: Event, spec: NetworkSpec) -> str | None:
+    """None if a node should store ``ev``, else the rejection reason code."""
+    if ev.signature is None:
+        return "unsigned_registry_event"
+    if ev.signature == b"":
+        return "bad_signature"
+    reason = ev.verify_native()
+    if reason is not None:
+        return reason
+    if ev.event_type == "registry_import":
+        try:
+            trusted = spec.is_trusted_importer(public_key_from_key_id(ev.signer.key_id))
+        except InputError:
+            return "bad_key_id"
+        if not trusted:
+            return "importer_not_trusted"
+        if admission_from_import(ev, spec) is None:
+            return "bad_import"
+    return None
+
+
+def event_set_fingerprint(event_ids: Iterable[str]) -> str:
+    """SHA-256 over the sorted raw 32-byte ids of a record's stored events, hex."""
+    raw = sorted(bytes.fromhex(e.removeprefix("sha256:")) for e in event_ids)
+    return sha256_raw(b"".join(raw)).hex()
+
+
+def sync_item(ev: Event) -> tuple[int, bytes]:
+    """The (timestamp, id) item Negentropy reconciles: seconds of created_at, raw id."""
+    return ev.time_key // 1_000_000, bytes.fromhex(ev.event_id.removeprefix("sha256:"))
+
+
+def make_registry_imports(
+    key: SigningKey,
+    *,
+    subject: str,
+    source: str,
+    document: bytes,
+    events: Sequence[Event],
+    source_aliases: Sequence[dict[str, str]],
+    created_at: str,
+    signer_id: str,
+) -> list[Event]:
+    """Import attestations admitting ``events`` (registry events of one record).
+
+    Carries at most :data:`MAX_IMPORT_EVENTS` events each; the aliases ride on the first.
+    """
+    registry = [e for e in events if e.signature is None]
+    if not registry:
+        return []
+    doc_sha = sha256_raw(document).hex()
+    out = []
+    for i in range(0, len(registry), MAX_IMPORT_EVENTS):
+        chunk = registry[i:i + MAX_IMPORT_EVENTS]
+        payload = {
+            "source": source[:1024],
+            "document_sha256": doc_sha,
+            "events": [e.to_json() for e in chunk],
+            "source_aliases": [dict(a) for a in source_aliases] if i == 0 else [],
+        }
+        canonical_json(payload)  # fail early on values that cannot be canonical
+        out.append(make_native_event(key, event_type="registry_import", subject=subject,
+                                     payload=payload, created_at=created_at,
+                                     signer_id=signer_id, signer_type="node"))
+    return out
+
+

@@ -1,0 +1,1 @@
+"""pithnode.storage."""
