@@ -22,6 +22,13 @@ def main() -> int:
         link = TREE / name
         if not link.is_symlink():
             link.symlink_to(ROOT / name, target_is_directory=True)
+    # libp2p depends on trio-typing, whose old trio-stubs would shadow trio's own inline
+    # types; a trio entry on MYPYPATH takes precedence over installed stub packages.
+    import trio
+
+    shadow = TREE.parent / "trio"
+    if not shadow.is_symlink():
+        shadow.symlink_to(Path(trio.__file__).parent, target_is_directory=True)
     env = dict(os.environ, MYPYPATH=str(TREE.parent))
     cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
            "-p", "pithnode"]

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from rich.console import Console
+
 from pithnode.protocol.errors import SpecError
 from pithnode.protocol.spec import NetworkSpec, spec_from_toml
-from rich.console import Console
 
 from .errors import CliError
 

@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from pithnode.protocol.bundle import parse_bundle
 from pithnode.protocol.documents import MAX_DOCUMENT_BYTES, decode_document
 from pithnode.protocol.errors import DecodeError, InputError, TooLarge
@@ -17,7 +19,6 @@ from pithnode.protocol.keys import SigningKey
 from pithnode.protocol.merge import Admission, merge
 from pithnode.protocol.state import parse_state
 from pithnode.protocol.verify import admissions_for, verify_bytes
-from rich.table import Table
 
 from .cli_context import Context
 from .errors import CliError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,7 +197,7 @@ def _natives(keys: SynthKeys, subject: str, digest: str, t0: int, rng: random.Ra
 
     node = rng.choice(keys.nodes)
     author = rng.choice(keys.authors)
-    makers = [
+    makers: list[Callable[[int], Event]] = [
         lambda t: ev(node, "mirror_hint", "node", {
             "base_urls": [f"http://127.0.0.1:{8000 + keys.nodes.index(node)}"],
             "multiaddrs": [], "prefixes": [subject.split(":")[2][:2]]}, t),

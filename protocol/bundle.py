@@ -25,7 +25,7 @@ _BUNDLE_KEYS = ("bundle_type", "bundle_version", "pith_number", "short_pith_numb
 class ParsedBundle:
     pith_number: str
     canonical_record: Any
-    canonical_sha256: str
+    canonical_sha256: str | None
     source_aliases: tuple[dict[str, str], ...]
     events: tuple[Event, ...]
     doc: dict[str, Any]
@@ -60,7 +60,8 @@ def parse_bundle(doc: Any) -> ParsedBundle:
     for ev in parsed:
         if ev.subject != subject:
             raise DecodeError("bad_bundle", f"event {ev.event_id} is about another record")
-    if not isinstance(doc["canonical_sha256"], str):
+    if not isinstance(doc["canonical_sha256"], str) and not (
+            doc["canonical_sha256"] is None and doc["canonical_record"] is None):
         raise DecodeError("bad_bundle", "canonical_sha256 must be a string")
     return ParsedBundle(subject, doc["canonical_record"], doc["canonical_sha256"],
                         tuple(aliases), parsed, doc)

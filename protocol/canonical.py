@@ -11,14 +11,23 @@ import hashlib
 import json
 from typing import Any
 
+from .errors import InputError
+
 __all__ = ["canonical_json", "canonical_sha256", "sha256_hex", "sha256_raw"]
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Canonical bytes of a JSON value (NaN and infinities are refused)."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """Canonical bytes of a JSON value.
+
+    Raises :class:`InputError` (reason ``not_canonical``) for values with no canonical form:
+    NaN and infinities, lone surrogates, non-string keys, non-JSON types.
+    """
+    try:
+        return json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
+        raise InputError("not_canonical", f"value has no canonical JSON form: {exc}") from exc
 
 
 def sha256_raw(data: bytes) -> bytes:

@@ -186,12 +186,17 @@ def spec_from_toml(text: str, *, source: str = "<network spec>") -> NetworkSpec:
         if not isinstance(fps, list) or not all(isinstance(f, str) for f in fps):
             raise SpecError(f"{where}: expected a list of key fingerprints (hex)")
         allowed[stype] = frozenset(fps)
-    return NetworkSpec(
-        name=_str(net, "name", f"{source} [network]"),
-        registry_keys=tuple(regs),
-        trusted_importers=tuple(importers),
-        authorisation=auth,
-        allowed_signers=allowed,
-        merge_version=net.get("merge_version", MERGE_VERSION),
-        state_version=net.get("state_version", STATE_VERSION),
-    )
+    try:
+        return NetworkSpec(
+            name=_str(net, "name", f"{source} [network]"),
+            registry_keys=tuple(regs),
+            trusted_importers=tuple(importers),
+            authorisation=auth,
+            allowed_signers=allowed,
+            merge_version=net.get("merge_version", MERGE_VERSION),
+            state_version=net.get("state_version", STATE_VERSION),
+        )
+    except SpecError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise SpecError(f"{source} [network]: {exc}") from exc
