@@ -34,7 +34,7 @@ lock: $(BIN)/python
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
 lint: install
-	$(BIN)/ruff check protocol storage node tests bench
+	$(BIN)/ruff check $(wildcard protocol storage node tests bench)
 	$(BIN)/python .ci/mypy_tree.py
 
 test: install lint
