@@ -135,11 +135,11 @@ Check = Callable[[Any], Any]
 
 
 def _positive(v: Any) -> bool:
-    return v > 0
+    return bool(v > 0)
 
 
 def _nonneg(v: Any) -> bool:
-    return v >= 0
+    return bool(v >= 0)
 
 
 _RULES: Mapping[tuple[str, str], tuple[str, Check | None]] = {
