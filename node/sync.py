@@ -1,0 +1,268 @@
+"""Set reconciliation with peers over ``/pith/sync/1.0.0``: Negentropy, then bounded fetches.
+
+The wire messages and the session's transition table live in ``protocol/wire.py``; this
+module does the I/O: it reads the store's sync items, drives Negentropy, fetches what the peer
+has and we lack, pushes what we have and it lacks, and ingests everything through the store
+(which verifies signatures before anything is written). Every read has a timeout; a session
+that ends without its ``done`` marker is a failure, and since every fetched batch is
+committed as it arrives, the next session simply resumes from what is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from pithnode.protocol.errors import InputError, ProtocolError
+from pithnode.protocol.events import Event
+from pithnode.protocol.negentropy import Negentropy, NegentropyError, VectorStorage
+from pithnode.protocol.wire import (
+    MAX_EVENTS_PER_FRAME,
+    MAX_IDS_PER_GET,
+    Frame,
+    Role,
+    SessionMachine,
+    decode_events,
+    encode_frame,
+    prefixes_match,
+)
+
+from .transport import PeerId, Stream, TransportError, short_id
+
+log = logging.getLogger(__name__)
+
+SYNC_PROTOCOL = "/pith/sync/1.0.0"
+#: Bytes of event data per ``events``/``put`` frame (below the transport's frame limit).
+MAX_FRAME_EVENT_BYTES = 512 * 1024
+#: Negentropy rounds one session may take before it is abandoned.
+MAX_ROUNDS = 10_000
+
+
+class SyncStore(Protocol):
+    """What a sync session needs of the store (implemented by the store service)."""
+
+    async def sync_items(self, prefixes: Sequence[str]) -> list[tuple[int, bytes]]:
+        """(seconds, raw id) of every stored event whose record matches ``prefixes``."""
+        ...
+
+    async def raw_events(self, ids: Sequence[bytes]) -> list[bytes]:
+        """Canonical bytes of the stored events among ``ids`` (unknown ids are skipped)."""
+        ...
+
+    async def ingest_events(self, events: Sequence[Event], *, source: str
+                            ) -> tuple[int, int, int]:
+        """Ingest; returns (new, duplicate, rejected) after the batch is durably committed."""
+        ...
+
+
+class SyncFailed(Exception):
+    """A session did not complete; its reason is for logs and metrics."""
+
+
+@dataclass(slots=True)
+class SyncResult:
+    peer: str
+    role: str
+    have: int = 0  # ids we had and the peer lacked
+    need: int = 0  # ids the peer had and we lacked
+    fetched_new: int = 0
+    rejected: int = 0
+    pushed: int = 0
+    rounds: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _in_scope(mine: Sequence[str], theirs: Sequence[str]) -> list[str]:
+    """Prefixes describing records both sides mirror (an over-approximation is fine: the
+    store filters by both lists)."""
+    if not mine:
+        return list(theirs)
+    if not theirs:
+        return list(mine)
+    out = {a if a.startswith(b) else b for a in mine for b in theirs
+           if a.startswith(b) or b.startswith(a)}
+    return sorted(out) if out else ["~"]  # "~" matches no base32 suffix: empty scope
+
+
+def _chunks(raw: Sequence[bytes]) -> list[list[bytes]]:
+    out: list[list[bytes]] = [[]]
+    size = 0
+    for data in raw:
+        if out[-1] and (size + len(data) > MAX_FRAME_EVENT_BYTES
+                        or len(out[-1]) >= MAX_EVENTS_PER_FRAME):
+            out.append([])
+            size = 0
+        out[-1].append(data)
+        size += len(data)
+    return out
+
+
+class SyncEngine:
+    def __init__(self, store: SyncStore, *, prefixes: Sequence[str], timeout_s: float,
+                 fetch_batch: int, frame_size_limit: int) -> None:
+        self.store = store
+        self.prefixes = tuple(prefixes)
+        self.timeout_s = timeout_s
+        self.fetch_batch = min(fetch_batch, MAX_IDS_PER_GET)
+        self.frame_size_limit = frame_size_limit
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def _send(self, stream: Stream, result: SyncResult, data: bytes) -> None:
+        with trio.fail_after(self.timeout_s):
+            await stream.send_frame(data)
+        result.bytes_out += len(data)
+
+    async def _recv(self, stream: Stream, machine: SessionMachine, result: SyncResult
+                    ) -> Frame:
+        with trio.fail_after(self.timeout_s):
+            data = await stream.receive_frame()
+        result.bytes_in += len(data)
+        return machine.receive(data)
+
+    def _scope_filter(self, events: Sequence[Event], scope: Sequence[str]) -> list[Event]:
+        return [e for e in events if prefixes_match(e.subject.rsplit(":", 1)[-1], scope)
+                and prefixes_match(e.subject.rsplit(":", 1)[-1], self.prefixes)]
+
+    async def _storage(self, scope: Sequence[str]) -> VectorStorage:
+        items = await self.store.sync_items(scope)
+        return await trio.to_thread.run_sync(VectorStorage.from_items, items)
+
+    # -- initiator ---------------------------------------------------------------------------
+    async def sync_with(self, peer: PeerId, stream: Stream) -> SyncResult:
+        """Run one session on an open stream. Raises SyncFailed with the reason."""
+        result = SyncResult(str(peer), "initiator")
+        machine = SessionMachine(Role.INITIATOR)
+        try:
+            await self._initiate(stream, machine, result)
+        except (TransportError, InputError, ProtocolError, NegentropyError,
+                trio.TooSlowError) as exc:
+            with trio.move_on_after(1):
+                await stream.reset()
+            raise SyncFailed(f"{type(exc).__name__}: {exc}") from exc
+        return result
+
+    async def _initiate(self, stream: Stream, machine: SessionMachine,
+                        result: SyncResult) -> None:
+        peer = str(stream.remote_peer)
+        await self._send(stream, result, encode_frame("hello", prefixes=self.prefixes))
+        hello = await self._recv(stream, machine, result)
+        scope = _in_scope(self.prefixes, hello.fields["prefixes"])
+        neg = Negentropy(await self._storage(scope), self.frame_size_limit)
+        msg: bytes | None = neg.initiate()
+        have: list[bytes] = []
+        need: list[bytes] = []
+        while msg is not None:
+            result.rounds += 1
+            if result.rounds > MAX_ROUNDS:
+                raise ProtocolError("too many reconciliation rounds")
+            await self._send(stream, result, encode_frame("neg", m=msg))
+            reply = await self._recv(stream, machine, result)
+            msg, h, n = neg.reconcile_initiator(reply.fields["m"])
+            have.extend(h)
+            need.extend(n)
+        machine.reconciled()
+        need = list(dict.fromkeys(need))
+        have = list(dict.fromkeys(have))
+        result.have, result.need = len(have), len(need)
+        for i in range(0, len(need), self.fetch_batch):
+            wanted = need[i:i + self.fetch_batch]
+            await self._send(stream, result, encode_frame("get", ids=wanted))
+            machine.sent_get()
+            await self._receive_events(stream, machine, result, set(wanted), scope, peer)
+        for i in range(0, len(have), self.fetch_batch):
+            raw = await self.store.raw_events(have[i:i + self.fetch_batch])
+            for chunk in _chunks(raw):
+                if not chunk:
+                    continue
+                await self._send(stream, result, encode_frame("put", events=chunk))
+                ack = await self._recv(stream, machine, result)
+                result.pushed += ack.fields["new"]
+        await self._send(stream, result, encode_frame("done"))
+        await self._recv(stream, machine, result)
+        with trio.move_on_after(self.timeout_s):
+            await stream.close()
+
+    async def _receive_events(self, stream: Stream, machine: SessionMachine,
+                              result: SyncResult, wanted: set[bytes], scope: Sequence[str],
+                              peer: str) -> None:
+        received = 0
+        while True:
+            frame = await self._recv(stream, machine, result)
+            if frame.kind == "end":
+                if frame.fields["count"] != received:
+                    raise ProtocolError(f"peer announced {frame.fields['count']} events, "
+                                        f"sent {received}")
+                return
+            events = await trio.to_thread.run_sync(decode_events, frame.fields["events"])
+            received += len(events)
+            for ev in events:
+                if bytes.fromhex(ev.event_id.removeprefix("sha256:")) not in wanted:
+                    raise ProtocolError(f"peer sent an event we did not ask for: {ev.event_id}")
+            new, _dup, rejected = await self.store.ingest_events(
+                self._scope_filter(events, scope), source=f"sync:{peer}")
+            result.fetched_new += new
+            result.rejected += rejected
+
+    # -- responder ---------------------------------------------------------------------------
+    async def handle_stream(self, stream: Stream) -> SyncResult:
+        """Serve one session opened by a peer."""
+        result = SyncResult(str(stream.remote_peer), "responder")
+        machine = SessionMachine(Role.RESPONDER)
+        peer = short_id(stream.remote_peer)
+        try:
+            await self._respond(stream, machine, result)
+        except (TransportError, InputError, ProtocolError, NegentropyError,
+                trio.TooSlowError) as exc:
+            log.info("sync from %s failed: %s: %s", peer, type(exc).__name__, exc)
+            result.errors.append(type(exc).__name__)
+            with trio.move_on_after(1):
+                await stream.reset()
+        return result
+
+    async def _respond(self, stream: Stream, machine: SessionMachine,
+                       result: SyncResult) -> None:
+        hello = await self._recv(stream, machine, result)
+        theirs = hello.fields["prefixes"]
+        await self._send(stream, result, encode_frame("hello", prefixes=self.prefixes))
+        scope = _in_scope(self.prefixes, theirs)
+        neg: Negentropy | None = None
+        while True:
+            frame = await self._recv(stream, machine, result)
+            if frame.kind == "neg":
+                if neg is None:
+                    neg = Negentropy(await self._storage(scope), self.frame_size_limit)
+                result.rounds += 1
+                if result.rounds > MAX_ROUNDS:
+                    raise ProtocolError("too many reconciliation rounds")
+                reply = await trio.to_thread.run_sync(neg.reconcile, frame.fields["m"])
+                await self._send(stream, result, encode_frame("neg", m=reply))
+            elif frame.kind == "get":
+                raw = await self.store.raw_events(frame.fields["ids"])
+                sent = 0
+                for chunk in _chunks(raw):
+                    if chunk:
+                        await self._send(stream, result, encode_frame("events", events=chunk))
+                        sent += len(chunk)
+                await self._send(stream, result, encode_frame("end", count=sent))
+                result.have += sent
+            elif frame.kind == "put":
+                events = await trio.to_thread.run_sync(decode_events, frame.fields["events"])
+                in_scope = self._scope_filter(events, scope)
+                new, dup, rejected = await self.store.ingest_events(
+                    in_scope, source=f"sync:{result.peer}")
+                rejected += len(events) - len(in_scope)
+                result.fetched_new += new
+                result.rejected += rejected
+                await self._send(stream, result, encode_frame(
+                    "ack", new=new, duplicate=dup, rejected=rejected))
+            else:  # done
+                await self._send(stream, result, encode_frame("done"))
+                with trio.move_on_after(self.timeout_s):
+                    await stream.close()
+                return
