@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= .pithnode-demo
 PYTEST_ARGS ?=
 
-.PHONY: install test lint typecheck run devnet bench fuzz soak clean os-deps
+.PHONY: install test lint run devnet bench fuzz soak clean os-deps browser-deps
 
 install: $(STAMP)
 
@@ -33,11 +33,18 @@ $(STAMP): requirements.lock pyproject.toml
 lock: $(BIN)/python
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
+# Headless Chromium for the browser tests of the web pages (Debian's package).
+browser-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing chromium (browser tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
 lint: install
 	$(BIN)/ruff check $(wildcard protocol storage node tests bench)
 	$(BIN)/python .ci/mypy_tree.py
 
-test: install lint
+test: install browser-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 run: install
