@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= .pithnode-demo
 PYTEST_ARGS ?=
 
-.PHONY: install test lint run devnet bench fuzz soak clean os-deps browser-deps
+.PHONY: install test lint run devnet bench fuzz soak clean os-deps browser-deps interop-js
 
 install: $(STAMP)
 
@@ -62,5 +62,10 @@ fuzz: install
 soak: install
 	$(BIN)/python bench/soak.py
 
+# js-libp2p interoperability (also part of `make test`; needs node >= 20 and npm).
+interop-js: install
+	cd tests/interop/js && npm ci --no-audit --no-fund
+	$(BIN)/python -m pytest tests/test_interop_js.py -v
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache tests/interop/js/node_modules
