@@ -14,12 +14,12 @@ from typing import IO
 
 from pithnode.protocol.errors import InputError, ProtocolError
 
-from . import cli_protocol
+from . import cli_protocol, cli_query
 from .cli_context import Context
 from .errors import CliError, NodeError
 
 Handler = Callable[[argparse.Namespace, Context], int]
-COMMAND_MODULES = [cli_protocol]
+COMMAND_MODULES = [cli_protocol, cli_query]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -113,3 +113,10 @@ def test_custom_network_spec_option(tmp_path: Path) -> None:
     spec.write_text("[network]\nname = 'x'\ntypo = 1\n")
     code, _, err = run("--network", str(spec), "verify", str(GOLDEN))
     assert code == 2 and "unknown key 'typo'" in err
+
+
+def test_huge_integer_is_a_clean_decode_error(tmp_path: Path) -> None:
+    f = tmp_path / "big.json"
+    f.write_bytes(b'{"a":' + b"1" * 5000 + b"}")
+    code, _, err = run("verify", str(f))
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
