@@ -84,3 +84,7 @@ def _report(err: IO[str], message: str, hint: str | None, code: int,
 
 def entry() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
