@@ -12,7 +12,8 @@ from typing import Any
 from rich.table import Table
 
 from pithnode.protocol.bundle import parse_bundle
-from pithnode.protocol.documents import MAX_DOCUMENT_BYTES, decode_document
+from pithnode.protocol.checkpoint import verify_proof
+from pithnode.protocol.documents import MAX_DOCUMENT_BYTES, decode_document, decode_json
 from pithnode.protocol.errors import DecodeError, InputError, TooLarge
 from pithnode.protocol.events import Event, event_from_json
 from pithnode.protocol.keys import SigningKey
@@ -67,7 +68,11 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
     spec = ctx.spec()
     data = read_input(args.file, ctx)
     try:
-        report = verify_bytes(data, spec)
+        doc = decode_json(data, limit=MAX_DOCUMENT_BYTES)
+        if isinstance(doc, dict) and "proof_type" in doc:
+            report = verify_proof(doc, spec)
+        else:
+            report = verify_bytes(data, spec)
     except InputError as exc:
         raise CliError(f"{args.file}: {exc}", hint="not a usable state or bundle") from exc
     if args.json:
