@@ -1,0 +1,204 @@
+"""The store for trio code: one writer task owns every write, reads run in worker threads.
+
+:class:`StoreService` sits in front of a synchronous :class:`~pithnode.storage.store.Store`.
+``ingest`` queues a batch into a bounded channel (full policy: **block** the caller, so a
+fast peer slows down instead of growing memory) and waits until the writer task has
+committed it. The writer takes whatever else is already queued, up to one store batch, and
+commits it all in one transaction (``Store.ingest_group``) on a worker thread, so the trio
+thread never blocks on SQLite. Reads go to the store's read connections through
+``trio.to_thread.run_sync``. The service also implements what sync and gossip need of a
+store (``node.sync.SyncStore``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from pithnode.protocol.events import Event
+from pithnode.storage.errors import StoreClosed, StoreError
+from pithnode.storage.results import EventOutcome, IngestResult, Provenance, StoredState, StoreStats
+from pithnode.storage.store import MAX_BATCH_EVENTS, Store
+
+if TYPE_CHECKING:
+    # trio-typing (pulled in by libp2p) ships stubs that shadow trio's own annotations.
+    from trio_typing import TaskStatus
+
+__all__ = ["DEFAULT_QUEUE", "StoreService"]
+
+log = logging.getLogger(__name__)
+
+#: Ingest requests that may wait for the writer before ``ingest`` blocks.
+DEFAULT_QUEUE = 64
+#: Worker threads reading at once.
+DEFAULT_READERS = 8
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    events: Sequence[Event]
+    source: str
+    received_at: float
+    done: trio.Event = field(default_factory=trio.Event)
+    result: IngestResult | None = None
+    error: StoreError | None = None
+
+    def finish(self, result: IngestResult | None, error: StoreError | None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class StoreService:
+    """Async front of a :class:`Store`. Run :meth:`run` in a nursery before ingesting.
+
+    ``clock`` gives the wall-clock time recorded as ``received_at`` when a caller gives
+    none (injected, so tests control it).
+    """
+
+    def __init__(self, store: Store, *, queue_size: int = DEFAULT_QUEUE,
+                 clock: Callable[[], float] = time.time,
+                 readers: int = DEFAULT_READERS) -> None:
+        self.store = store
+        self._clock = clock
+        self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
+        self._limiter = trio.CapacityLimiter(readers)
+        self._closed = False
+        self.batches = 0
+
+    # -- the writer ------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The writer task: commit queued batches until cancelled."""
+        carry: _Request | None = None
+        try:
+            async with self._receive:
+                task_status.started()
+                while True:
+                    first = carry if carry is not None else await self._receive.receive()
+                    carry = None
+                    group = [first]
+                    size = len(first.events)
+                    while size < MAX_BATCH_EVENTS:
+                        try:
+                            nxt = self._receive.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        if size + len(nxt.events) > MAX_BATCH_EVENTS:
+                            carry = nxt
+                            break
+                        group.append(nxt)
+                        size += len(nxt.events)
+                    await self._commit(group)
+        finally:
+            self._closed = True
+            pending = [carry] if carry is not None else []
+            while True:
+                try:
+                    pending.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                    break
+            for req in pending:
+                req.finish(None, StoreClosed("the store service stopped"))
+
+    async def _commit(self, group: list[_Request]) -> None:
+        parts = [(r.events, r.source, r.received_at) for r in group]
+        try:
+            results = await trio.to_thread.run_sync(self.store.ingest_group, parts)
+        except StoreError as exc:
+            # the batch is not stored; its callers get the error, the writer carries on
+            log.error("ingest of %d events failed: %s", sum(len(p[0]) for p in parts), exc)
+            for req in group:
+                req.finish(None, exc)
+            return
+        self.batches += 1
+        for req, result in zip(group, results, strict=True):
+            req.finish(result, None)
+
+    # -- writes ------------------------------------------------------------------------------
+    async def ingest(self, events: Sequence[Event], *, source: str,
+                     received_at: float | None = None) -> IngestResult:
+        """Queue a batch and wait until it is durably committed; outcomes in order.
+
+        More than ``MAX_BATCH_EVENTS`` events are committed as several batches.
+        """
+        when = self._clock() if received_at is None else received_at
+        if len(events) > MAX_BATCH_EVENTS:
+            outcomes: list[EventOutcome] = []
+            touched: set[str] = set()
+            for i in range(0, len(events), MAX_BATCH_EVENTS):
+                part = await self.ingest(events[i:i + MAX_BATCH_EVENTS], source=source,
+                                         received_at=when)
+                outcomes.extend(part.outcomes)
+                touched.update(part.records_touched)
+            return IngestResult(tuple(outcomes), tuple(sorted(touched)))
+        if self._closed:
+            raise StoreClosed("the store service is not running")
+        req = _Request(events, source, when)
+        try:
+            await self._send.send(req)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StoreClosed("the store service is not running") from exc
+        await req.done.wait()
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    async def ingest_events(self, events: Sequence[Event], *, source: str
+                            ) -> tuple[int, int, int]:
+        """(new, duplicate, rejected) once committed (``node.sync.SyncStore``)."""
+        result = await self.ingest(events, source=source)
+        return result.new, result.duplicate, result.rejected
+
+    # -- reads -------------------------------------------------------------------------------
+    async def resolve(self, identifier: str) -> str | None:
+        return await trio.to_thread.run_sync(self.store.resolve, identifier,
+                                             limiter=self._limiter)
+
+    async def state(self, identifier: str) -> StoredState | None:
+        return await trio.to_thread.run_sync(self.store.state, identifier,
+                                             limiter=self._limiter)
+
+    async def bundle(self, identifier: str) -> bytes | None:
+        return await trio.to_thread.run_sync(self.store.bundle, identifier,
+                                             limiter=self._limiter)
+
+    async def events(self, identifier: str) -> list[Event]:
+        return await trio.to_thread.run_sync(self.store.events, identifier,
+                                             limiter=self._limiter)
+
+    async def event(self, event_id: str | bytes) -> Event | None:
+        return await trio.to_thread.run_sync(self.store.event, event_id,
+                                             limiter=self._limiter)
+
+    async def events_by_ids(self, ids: Sequence[str | bytes]) -> list[Event]:
+        return await trio.to_thread.run_sync(self.store.events_by_ids, ids,
+                                             limiter=self._limiter)
+
+    async def raw_events(self, ids: Sequence[bytes]) -> list[bytes]:
+        """Exact bytes of the stored events among ``ids`` (``node.sync.SyncStore``)."""
+        return await trio.to_thread.run_sync(self.store.raw_events, ids,
+                                             limiter=self._limiter)
+
+    async def sync_items(self, prefixes: Sequence[str]) -> list[tuple[int, bytes]]:
+        """(seconds, raw id) of the stored events in scope, sorted (``SyncStore``)."""
+        def items() -> list[tuple[int, bytes]]:
+            return list(self.store.iter_sync_items(prefixes or None))
+
+        return await trio.to_thread.run_sync(items, limiter=self._limiter)
+
+    async def record_fingerprint(self, subject: str) -> str | None:
+        return await trio.to_thread.run_sync(self.store.record_fingerprint, subject,
+                                             limiter=self._limiter)
+
+    async def provenance(self, event_id: str | bytes) -> Provenance | None:
+        return await trio.to_thread.run_sync(self.store.provenance, event_id,
+                                             limiter=self._limiter)
+
+    async def stats(self) -> StoreStats:
+        return await trio.to_thread.run_sync(self.store.stats, limiter=self._limiter)
