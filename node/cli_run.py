@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -16,13 +16,12 @@ from pithnode.storage.errors import StoreError, StoreLocked
 from .cli_context import Context, load_spec
 from .cli_store import NETWORK_FILE, node_key
 from .config import NodeConfig, load_config
-from .daemon import Node, transport_config
 from .errors import CliError, ConfigError
-from .libp2p_transport import Libp2pTransport
 from .logs import configure_logging
 from .paths import default_data_dir
-from .query_socket import SocketInUse, SocketPathError
-from .transport import TransportError
+
+if TYPE_CHECKING:
+    from .daemon import Node
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,13 @@ def resolve_spec(ctx: Context, cfg: NodeConfig, data_dir: Path) -> NetworkSpec:
 
 
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+    # the daemon's modules (libp2p, hypercorn) load only for this command: other commands
+    # start in a fraction of the time
+    from .daemon import Node, transport_config
+    from .libp2p_transport import Libp2pTransport
+    from .query_socket import SocketInUse, SocketPathError
+    from .transport import TransportError
+
     try:
         cfg = load_config(Path(args.config) if args.config else None)
     except ConfigError as exc:
