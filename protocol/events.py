@@ -29,6 +29,7 @@ from .keys import SigningKey, public_key_from_key_id, verify_digest
 __all__ = [
     "EVENT_VERSION",
     "MAX_EVENT_BYTES",
+    "NATIVE_TIMESTAMP",
     "NATIVE_TYPES",
     "REGISTRY_TYPES",
     "STATE_LISTS",
@@ -80,7 +81,7 @@ NATIVE_TYPES = frozenset(TARGETS) - {"record_created", "graph_snapshot"}
 _TYPE_BY_LIST_TARGET = {(STATE_LISTS[t], TARGETS[t]): t for t in STATE_LISTS}
 
 _TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
-_NATIVE_TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+NATIVE_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _EVENT_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _SIGNER_KEYS = ("key_id", "public_key_fingerprint", "signer_id", "signer_type")
 _ENVELOPE_KEYS = ("event_type", "subject_pith_number", "target", "created_at", "signer",
@@ -233,7 +234,7 @@ def make_native_event(
     """Create and sign a native event."""
     if event_type not in NATIVE_TYPES:
         raise ValueError(f"not a native event type: {event_type!r}")
-    if not _NATIVE_TS_RE.fullmatch(created_at):
+    if not NATIVE_TIMESTAMP.fullmatch(created_at):
         raise ValueError(f"native timestamps are whole UTC seconds: {created_at!r}")
     unsigned = Event(event_type, subject, TARGETS[event_type], created_at,
                      Signer.for_key(key, signer_id, signer_type), payload, "", b"")

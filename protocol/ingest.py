@@ -12,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .canonical import canonical_json, sha256_raw
+from .canonical import sha256_raw
 from .errors import InputError
-from .events import Event, event_from_json, make_native_event
+from .events import (
+    MAX_EVENT_BYTES,
+    NATIVE_TIMESTAMP,
+    Event,
+    event_from_json,
+    make_native_event,
+    parse_timestamp,
+)
+from .identifiers import parse_pith_number
 from .keys import SigningKey, public_key_from_key_id
 from .merge import admission_from_import
 from .spec import NetworkSpec
@@ -30,6 +38,8 @@ __all__ = [
 
 #: Registry events one import attestation carries; larger sets are split.
 MAX_IMPORT_EVENTS = 64
+#: Room left in an attestation for its envelope, aliases and signature.
+IMPORT_OVERHEAD_BYTES = 64 * 1024
 
 
 def decode_event(obj: Any) -> Event:
@@ -43,7 +53,15 @@ def accept(ev: Event, spec: NetworkSpec) -> str | None:
         return "unsigned_registry_event"
     if ev.signature == b"":
         return "bad_signature"
-    reason = ev.verify_native()
+    try:
+        if str(parse_pith_number(ev.subject)) != ev.subject:
+            return "bad_subject"
+        if not NATIVE_TIMESTAMP.fullmatch(ev.created_at):
+            return "bad_created_at"
+        parse_timestamp(ev.created_at)
+        reason = ev.verify_native()
+    except InputError as exc:  # no canonical form (e.g. a lone surrogate), bad date
+        return exc.reason
     if reason is not None:
         return reason
     if ev.event_type == "registry_import":
@@ -82,25 +100,36 @@ def make_registry_imports(
 ) -> list[Event]:
     """Import attestations admitting ``events`` (registry events of one record).
 
-    Carries at most :data:`MAX_IMPORT_EVENTS` events each; the aliases ride on the first.
+    Carries at most :data:`MAX_IMPORT_EVENTS` events and stays under
+    :data:`MAX_EVENT_BYTES` each; the aliases ride on the first.
     """
     registry = [e for e in events if e.signature is None]
     if not registry:
         return []
     doc_sha = sha256_raw(document).hex()
+    chunks: list[list[Event]] = [[]]
+    size = 0
+    for ev in registry:
+        n = len(ev.canonical_bytes())
+        if chunks[-1] and (len(chunks[-1]) >= MAX_IMPORT_EVENTS
+                           or size + n > MAX_EVENT_BYTES - IMPORT_OVERHEAD_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(ev)
+        size += n
     out = []
-    for i in range(0, len(registry), MAX_IMPORT_EVENTS):
-        chunk = registry[i:i + MAX_IMPORT_EVENTS]
+    for i, chunk in enumerate(chunks):
         payload = {
             "source": source[:1024],
             "document_sha256": doc_sha,
             "events": [e.to_json() for e in chunk],
             "source_aliases": [dict(a) for a in source_aliases] if i == 0 else [],
         }
-        canonical_json(payload)  # fail early on values that cannot be canonical
-        out.append(make_native_event(key, event_type="registry_import", subject=subject,
-                                     payload=payload, created_at=created_at,
-                                     signer_id=signer_id, signer_type="node"))
+        imp = make_native_event(key, event_type="registry_import", subject=subject,
+                                payload=payload, created_at=created_at,
+                                signer_id=signer_id, signer_type="node")
+        if len(imp.canonical_bytes()) > MAX_EVENT_BYTES:
+            raise InputError("event_too_large",
+                             f"registry event {chunk[0].event_id} is too large to import")
+        out.append(imp)
     return out
-
-

@@ -133,3 +133,36 @@ def test_spec_errors_name_section_and_key(text: str, needle: str) -> None:
     with pytest.raises(SpecError) as exc:
         spec_from_toml(text, source="net.toml")
     assert needle in str(exc.value) and "net.toml" in str(exc.value)
+
+
+def test_acceptance_refuses_what_would_break_later() -> None:
+    mirror = {"base_urls": [], "multiaddrs": [], "prefixes": []}
+    bad_date = native(OUTSIDER, POOL.subject, "mirror_hint", "node", mirror,
+                      "2026-02-30T00:00:00Z")
+    assert accept(bad_date, POOL.spec) == "bad_created_at"
+    lower = native(OUTSIDER, POOL.subject.lower().replace("pith:", "pith:"), "mirror_hint",
+                   "node", mirror, "2026-02-01T00:00:00Z")
+    assert accept(lower, POOL.spec) == "bad_subject"
+    ok = native(OUTSIDER, POOL.subject, "mirror_hint", "node", mirror, "2026-02-01T00:00:00Z")
+    surrogate = dataclasses.replace(ok, payload={**mirror, "prefixes": ["\ud800"]})
+    assert accept(surrogate, POOL.spec) == "not_canonical"
+
+
+def test_large_imports_are_split_below_the_event_limit() -> None:
+    from pithnode.protocol.events import MAX_EVENT_BYTES
+    from pithnode.protocol.ingest import make_registry_imports
+
+    imp = by_type("registry_import")[0]
+    snapshot = next(event_from_json(x) for x in imp.payload["events"]
+                    if x["event_type"] == "graph_snapshot")
+    big = [event_from_json({**json.loads(snapshot.canonical_bytes()),
+                            "event_id": f"sha256:{i:064x}",
+                            "payload": {"graph_snapshot": {"blob": "x" * 200_000}}})
+           for i in range(12)]
+    imports = make_registry_imports(POOL.keys.importer, subject=POOL.subject, source="s",
+                                    document=b"d", events=big, source_aliases=[],
+                                    created_at="2026-02-01T00:00:00Z", signer_id="i")
+    assert len(imports) > 1
+    assert all(len(i.canonical_bytes()) <= MAX_EVENT_BYTES for i in imports)
+    assert sum(len(i.payload["events"]) for i in imports) == len(big)
+    assert all(accept(i, POOL.spec) is None for i in imports)
