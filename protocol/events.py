@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,14 +92,22 @@ _ENVELOPE_KEYS = ("event_type", "subject_pith_number", "target", "created_at", "
 
 def parse_timestamp(text: str) -> int:
     """RFC 3339 UTC timestamp (``Z``, optional fraction) to integer microseconds."""
-    if not isinstance(text, str) or not _TS_RE.fullmatch(text):
+    if not isinstance(text, str):
         raise InputError("bad_created_at", f"not a UTC timestamp: {str(text)[:40]!r}")
+    return _parse_timestamp(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_timestamp(text: str) -> int:
+    if not _TS_RE.fullmatch(text):
+        raise InputError("bad_created_at", f"not a UTC timestamp: {text[:40]!r}")
     try:
-        fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
-        dt = datetime.strptime(text, fmt).replace(tzinfo=UTC)
+        dt = datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
+                      int(text[14:16]), int(text[17:19]), tzinfo=UTC)
     except ValueError as exc:
         raise InputError("bad_created_at", f"not a valid date: {text!r}") from exc
-    return int(dt.timestamp()) * 1_000_000 + dt.microsecond
+    micros = int(text[20:-1].ljust(6, "0")) if len(text) > 20 else 0
+    return (calendar.timegm(dt.utctimetuple())) * 1_000_000 + micros
 
 
 def utc_timestamp(seconds: float) -> str:

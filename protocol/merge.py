@@ -7,9 +7,9 @@ state bytes. Rules are written out in docs/PROTOCOL.md; each step below names it
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .canonical import canonical_json
 from .errors import InputError, ProtocolError
@@ -30,6 +30,7 @@ from .state import StateDocument, build_state
 __all__ = ["Admission", "admission_from_import", "merge"]
 
 ALIAS_KEYS = ("alias_kind", "alias_value", "created_at")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,22 @@ def _alias_ok(a: Any) -> bool:
             and all(isinstance(a[k], str) and 0 < len(a[k]) <= 256 for k in ALIAS_KEYS))
 
 
+#: Entries kept in a spec's memo before it is cleared.
+MEMO_LIMIT = 100_000
+
+
+def _memo(spec: NetworkSpec, key: tuple[str, str], compute: Callable[[], T]) -> T:
+    """A pure result cached on the spec. Keys are content ids (a native event id names its
+    content), so a hit is the same computation on the same input."""
+    memo = spec.memo
+    if key in memo:
+        return memo[key]  # type: ignore[no-any-return]
+    if len(memo) >= MEMO_LIMIT:
+        memo.clear()
+    value = memo[key] = compute()
+    return value
+
+
 def admission_from_import(ev: Event, spec: NetworkSpec) -> Admission | None:
     """The admission an import attestation carries, or None if it admits nothing.
 
@@ -57,6 +74,12 @@ def admission_from_import(ev: Event, spec: NetworkSpec) -> Admission | None:
     """
     if ev.event_type != "registry_import" or ev.signature is None:
         return None
+    if ev.signature == b"":
+        return _admission(ev, spec)
+    return _memo(spec, ("admission", ev.event_id), lambda: _admission(ev, spec))
+
+
+def _admission(ev: Event, spec: NetworkSpec) -> Admission | None:
     if check_payload("registry_import", ev.payload) is not None:
         return None
     if ev.signer.signer_type not in spec.authorisation.get("registry_import", frozenset()):
@@ -120,7 +143,9 @@ def _validate(ev: Event, subject: str, spec: NetworkSpec, verify_signatures: boo
         if allowed is not None and ev.signer.public_key_fingerprint not in allowed:
             return "signer_not_authorised"
     if ev.event_type == "record_created":
-        return check_record_created(ev.payload, subject, ev.signer.key_id, spec)
+        return _memo(spec, ("record_created", canonical_json(
+            [ev.payload, subject, ev.signer.key_id]).hex()),
+            lambda: check_record_created(ev.payload, subject, ev.signer.key_id, spec))
     if ev.signature is None:  # registry payloads: Pith's own schema, objects only
         return None if isinstance(ev.payload, dict) else "bad_payload"
     return "bad_payload" if check_payload(ev.event_type, ev.payload) is not None else None
@@ -169,7 +194,9 @@ def merge(
     for ev in native + [e for a in adms for e in a.events]:
         if ev.subject != subject:
             raise ProtocolError(f"event {ev.event_id} is about {ev.subject}, not {subject}")
-        key = _content_key(ev)
+        # a verified native event's id names its content; anything else is compared whole
+        key = (ev.event_id.encode() if ev.signature and not verify_signatures
+               else _content_key(ev))
         have = keys.get(ev.event_id)
         if have is None:
             keys[ev.event_id] = key

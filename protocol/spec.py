@@ -79,6 +79,8 @@ class NetworkSpec:
     allowed_signers: Mapping[str, frozenset[str]] = field(default_factory=dict)
     merge_version: str = MERGE_VERSION
     state_version: str = STATE_VERSION
+    #: memo of pure per-spec results (admissions, receipt checks), keyed by content ids
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.merge_version != MERGE_VERSION:
