@@ -54,7 +54,8 @@ def decode_json(data: bytes, *, limit: int = MAX_DOCUMENT_BYTES) -> Any:
         raise DecodeError("bad_json", "JSON nested too deeply") from exc
     except ValueError as exc:  # e.g. integers beyond the interpreter's digit limit
         raise DecodeError("bad_json", f"not JSON: {exc}") from exc
-    if not _depth_ok(obj):
+    # a document with fewer brackets than the limit cannot nest deeper than it
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and not _depth_ok(obj):
         raise DecodeError("bad_json", f"JSON nested deeper than {MAX_DEPTH}")
     return obj
 

@@ -157,6 +157,9 @@ class Event:
     signature: bytes | None = None
     #: fields of a registry envelope beyond the known ones, kept verbatim.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: canonical bytes of the envelope, set only by the parser (``dataclasses.replace``
+    #: does not carry it over, so a modified copy recomputes its bytes)
+    canonical: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def is_native(self) -> bool:
@@ -197,6 +200,8 @@ class Event:
         return out
 
     def canonical_bytes(self) -> bytes:
+        if self.canonical is not None:
+            return self.canonical
         return canonical_json(self.to_json())
 
     def state_entry(self) -> dict[str, Any]:
@@ -264,7 +269,8 @@ def event_from_json(obj: Any) -> Event:
     """Parse an envelope (registry or native). Checks shape, not signatures or validity."""
     if not isinstance(obj, dict):
         raise DecodeError("bad_envelope", "an event is a JSON object")
-    size = len(canonical_json(obj))
+    canonical = canonical_json(obj)
+    size = len(canonical)
     if size > MAX_EVENT_BYTES:
         raise TooLarge("event_too_large", f"event of {size} bytes exceeds {MAX_EVENT_BYTES}")
     missing = [k for k in _ENVELOPE_KEYS if k not in obj]
@@ -295,11 +301,17 @@ def event_from_json(obj: Any) -> Event:
             raise DecodeError("bad_signature_encoding", "signature_b64 is not base64") from exc
         if len(sig) != 64:
             raise DecodeError("bad_signature_encoding", "an Ed25519 signature is 64 bytes")
-        return Event(etype, subject, target, created_at, signer, payload, event_id, sig)
+        # the parsed bytes are the envelope's canonical form unless base64 was not canonical
+        ev = Event(etype, subject, target, created_at, signer, payload, event_id, sig)
+        if base64.b64encode(sig).decode("ascii") == sig_text:
+            object.__setattr__(ev, "canonical", canonical)
+        return ev
     if signer.signer_type != "pith_registry":
         raise DecodeError("unsigned_event", "only registry events may come without a signature")
     extra = {k: v for k, v in obj.items() if k not in _ENVELOPE_KEYS}
-    return Event(etype, subject, target, created_at, signer, payload, event_id, None, extra)
+    ev = Event(etype, subject, target, created_at, signer, payload, event_id, None, extra)
+    object.__setattr__(ev, "canonical", canonical)
+    return ev
 
 
 def event_from_state_entry(list_name: str, entry: Any, subject: str) -> Event:

@@ -166,3 +166,11 @@ def test_large_imports_are_split_below_the_event_limit() -> None:
     assert all(len(i.canonical_bytes()) <= MAX_EVENT_BYTES for i in imports)
     assert sum(len(i.payload["events"]) for i in imports) == len(big)
     assert all(accept(i, POOL.spec) is None for i in imports)
+
+
+def test_parsed_canonical_bytes_never_outlive_a_modification() -> None:
+    ev = event_from_json(json.loads(by_type("mirror_hint")[0].canonical_bytes()))
+    assert ev.canonical is not None
+    changed = dataclasses.replace(ev, payload={**ev.payload, "prefixes": ["ZZ"]})
+    assert changed.canonical is None
+    assert b'"ZZ"' in changed.canonical_bytes()
