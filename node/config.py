@@ -11,6 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pithnode.protocol.errors import InputError
+from pithnode.protocol.identifiers import normalise_alias
 
 from .errors import ConfigError
 
@@ -142,7 +146,21 @@ def _nonneg(v: Any) -> bool:
     return bool(v >= 0)
 
 
+def _identifiers(v: Any) -> bool:
+    try:
+        return all(normalise_alias(x) for x in v)
+    except InputError:
+        return False
+
+
+def _http_urls(v: Any) -> bool:
+    return all(urlsplit(x).scheme in ("http", "https") and bool(urlsplit(x).hostname)
+               for x in v)
+
+
 _RULES: Mapping[tuple[str, str], tuple[str, Check | None]] = {
+    ("pull", "records"): ("a list of Pith Numbers, arXiv ids or DOIs", _identifiers),
+    ("pull", "sources"): ("a list of http(s) URLs", _http_urls),
     ("p2p", "max_peers"): ("a positive integer", _positive),
     ("p2p", "redial_min_s"): ("a positive number", _positive),
     ("p2p", "redial_max_s"): ("a positive number", _positive),

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from .gossip import Gossip
 from .http_mirror import serve_http
 from .metrics import NodeMetrics
 from .paths import socket_path
+from .pull import run_scheduled_pull
 from .query_socket import QuerySocketServer
 from .store_service import StoreService
 from .sync import SYNC_PROTOCOL, SyncEngine, SyncFailed, SyncResult
@@ -156,6 +158,9 @@ class Node:
                 await nursery.start(QuerySocketServer(self, self.socket_path).run)
                 if self.cfg.http.enabled:
                     self.http_url = await nursery.start(self._serve_http)
+                if self.cfg.pull.sources:
+                    await nursery.start(partial(run_scheduled_pull, self, self.cfg.pull.sources,
+                                                self.cfg.pull.interval_s, self.cfg.pull.records))
                 self.ready = Ready(str(self.transport.peer_id),
                                    tuple(self.transport.listen_addresses()),
                                    str(self.socket_path), self.http_url, str(self.data_dir),

@@ -6,6 +6,7 @@ state bytes. Rules are written out in docs/PROTOCOL.md; each step below names it
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -87,7 +88,10 @@ def _admission(ev: Event, spec: NetworkSpec) -> Admission | None:
     try:
         if not spec.is_trusted_importer(public_key_from_key_id(ev.signer.key_id)):
             return None
-        events = tuple(event_from_json(e) for e in ev.payload["events"])
+        # through canonical bytes, so payload key order never depends on where the
+        # attestation came from (made here, or parsed from a peer's bytes)
+        events = tuple(event_from_json(json.loads(canonical_json(e)))
+                       for e in ev.payload["events"])
     except InputError:
         return None
     if any(e.signature is not None or e.subject != ev.subject for e in events):

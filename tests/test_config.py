@@ -79,3 +79,13 @@ def test_unreadable_config_is_a_config_error(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[pull]\nsources = ['ftp://x']\n", "[pull] sources: must be a list of http(s) URLs"),
+    ("[pull]\nrecords = ['not an id!']\n", "[pull] records: must be a list of Pith Numbers"),
+])
+def test_pull_settings_are_checked_at_load(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config_from_toml(text, source="f.toml")
+    assert message in str(exc.value)

@@ -174,3 +174,13 @@ def test_parsed_canonical_bytes_never_outlive_a_modification() -> None:
     changed = dataclasses.replace(ev, payload={**ev.payload, "prefixes": ["ZZ"]})
     assert changed.canonical is None
     assert b'"ZZ"' in changed.canonical_bytes()
+
+
+def test_verify_accepts_a_state_with_invalid_superseded_and_equivocating_events() -> None:
+    from pithnode.protocol.verify import verify_bytes
+
+    state = merge(POOL.subject, POOL.events, POOL.spec)
+    assert state.doc["invalid_event_count"] and state.doc["equivocation_count"]
+    report = verify_bytes(state.served_bytes(), POOL.spec)
+    assert report.valid, report.to_json()
+    assert report.state_sha256 is not None
