@@ -90,6 +90,13 @@ class NodeAPI(Protocol):
     async def manifest(self) -> dict[str, Any]:
         """This node's /pith-mirrors.json in Pith's manifest format."""
 
+    async def checkpoint(self) -> dict[str, Any]:
+        """Latest signed checkpoint: note, origin, tree_size, root_hex, mirror_prefixes,
+        signed_at."""
+
+    async def split_views(self) -> list[dict[str, Any]]:
+        """Possible split views: both roots, the differing records and an explanation."""
+
     def metrics_text(self) -> bytes:
         """Prometheus text exposition of the node's metrics."""
         ...

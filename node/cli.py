@@ -14,12 +14,13 @@ from typing import IO
 
 from pithnode.protocol.errors import InputError, ProtocolError
 
-from . import cli_protocol, cli_pull, cli_query, cli_run, cli_store, cli_synth
+from . import cli_attest, cli_protocol, cli_pull, cli_query, cli_run, cli_store, cli_synth
 from .cli_context import Context
 from .errors import CliError, NodeError
 
 Handler = Callable[[argparse.Namespace, Context], int]
-COMMAND_MODULES = [cli_protocol, cli_store, cli_synth, cli_query, cli_run, cli_pull]
+COMMAND_MODULES = [cli_protocol, cli_store, cli_synth, cli_query, cli_run, cli_pull,
+                   cli_attest]
 
 
 class _Parser(argparse.ArgumentParser):

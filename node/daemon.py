@@ -27,9 +27,11 @@ from pithnode.protocol.keys import SigningKey
 from pithnode.protocol.receipts import check_receipt
 from pithnode.protocol.spec import NetworkSpec
 from pithnode.protocol.wire import prefixes_match
+from pithnode.storage.errors import StoreCorrupt
 from pithnode.storage.store import Store
 
 from .api import NotFound, RecordView, SubmitOutcome
+from .attest import Attestor
 from .config import NodeConfig
 from .gossip import Gossip
 from .http_mirror import serve_http
@@ -107,7 +109,7 @@ class Node:
 
     def __init__(self, cfg: NodeConfig, *, data_dir: Path, spec: NetworkSpec,
                  key: SigningKey, transport: Transport,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, attest: bool = True) -> None:
         self.cfg = cfg
         self.data_dir = data_dir
         self.spec = spec
@@ -138,6 +140,8 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.ready: Ready | None = None
         self._gossip_exported: dict[tuple[str, str], int] = {}
+        #: the attestation services; tests may run their own (``attest=False``) and set it
+        self.attestor: Attestor | None = Attestor(self, cfg.attest) if attest else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[Ready] = trio.TASK_STATUS_IGNORED) -> None:
@@ -145,11 +149,14 @@ class Node:
         self.store = await trio.to_thread.run_sync(lambda: Store(store_path, self.spec))
         self.service = StoreService(self.store, clock=self.wall)
         self.started_at = self.wall()
+        attest_enabled = self.attestor is not None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.service.run)
                 self.transport.set_stream_handler(SYNC_PROTOCOL, self._on_sync_stream)
+                if attest_here := self.attestor if attest_enabled else None:
+                    attest_here.install_handlers()
                 await nursery.start(self.transport.run)
                 await nursery.start(self.gossip.run)
                 nursery.start_soon(self._watch_peers)
@@ -158,6 +165,8 @@ class Node:
                 await nursery.start(QuerySocketServer(self, self.socket_path).run)
                 if self.cfg.http.enabled:
                     self.http_url = await nursery.start(self._serve_http)
+                if attest_here is not None:
+                    await nursery.start(attest_here.run)
                 if self.cfg.pull.sources:
                     await nursery.start(partial(run_scheduled_pull, self, self.cfg.pull.sources,
                                                 self.cfg.pull.interval_s, self.cfg.pull.records))
@@ -204,7 +213,14 @@ class Node:
         """Every ingest goes through here: commit, then metrics and notifications."""
         in_scope = [e for e in events
                     if prefixes_match(e.subject.rsplit(":", 1)[-1], self.prefixes)]
-        result = await self._svc().ingest(in_scope, source=source)
+        try:
+            result = await self._svc().ingest(in_scope, source=source)
+        except StoreCorrupt as exc:  # a damaged object in a touched record: repair, go on
+            log.error("ingest from %s refused, the store is damaged: %s", source, exc)
+            if self.attestor is not None:
+                self.attestor.report_damage()
+            self.metrics.events_rejected.labels("store_damaged").inc(len(events))
+            return [SubmitOutcome(e.event_id, "rejected", "store_damaged") for e in events]
         by_id = {e.event_id: e for e in in_scope}
         outcomes = [SubmitOutcome(o.event_id, o.outcome, o.reason) for o in result.outcomes]
         outcomes += [SubmitOutcome(e.event_id, "rejected", "out_of_scope")
@@ -378,6 +394,7 @@ class Node:
                        "events_in": g.events_in, "events_new": g.events_new,
                        "events_out": g.events_out, "rejected": g.rejected_messages,
                        "rate_limited": g.rate_limited, "duplicates": g.duplicates},
+            "attest": self.attestor.status() if self.attestor is not None else None,
         }
 
     async def peers(self) -> list[dict[str, Any]]:
@@ -565,6 +582,14 @@ class Node:
             "notes": "Any conforming mirror may host the same Pith Open Graph bundles. Current "
                      "state is computed by deterministic merge, not by trusting this manifest.",
         }
+
+    async def checkpoint(self) -> dict[str, Any]:
+        if self.attestor is None:
+            raise NotFound("this node runs no attestation services")
+        return (await self.attestor.checkpoint_now()).to_json()
+
+    async def split_views(self) -> list[dict[str, Any]]:
+        return self.attestor.split_views() if self.attestor is not None else []
 
     def metrics_text(self) -> bytes:
         self._export_gossip_counters()

@@ -288,6 +288,9 @@ METHODS: Mapping[str, MethodSpec] = {m.name: m for m in (
                "sync figures", (NOT_FOUND, REJECTED)),
     MethodSpec("subscribe", (), "{subscribed: true}"),
     MethodSpec("unsubscribe", (), "{subscribed: false}"),
+    MethodSpec("checkpoint.latest", (),
+               "{note, origin, tree_size, root_hex, mirror_prefixes, signed_at}"),
+    MethodSpec("checkpoint.split_views", (), "{split_views: [...]}"),
 )}
 
 
@@ -527,12 +530,21 @@ async def _h_unsubscribe(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call)
     return {"subscribed": False}
 
 
+async def _h_checkpoint(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> Any:
+    return await srv.api.checkpoint()
+
+
+async def _h_split_views(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> Any:
+    return {"split_views": await srv.api.split_views()}
+
+
 HANDLERS: Mapping[str, Handler] = {
     "node.status": _h_status, "node.peers": _h_peers, "record.resolve": _h_resolve,
     "record.state": _h_state, "record.bundle": _h_bundle, "record.events": _h_events,
     "record.view": _h_view, "events.recent": _h_recent, "events.submit": _h_submit,
     "explain": _h_explain, "sync.trigger": _h_sync, "subscribe": _h_subscribe,
-    "unsubscribe": _h_unsubscribe,
+    "unsubscribe": _h_unsubscribe, "checkpoint.latest": _h_checkpoint,
+    "checkpoint.split_views": _h_split_views,
 }
 assert set(HANDLERS) == set(METHODS)
 

@@ -539,6 +539,13 @@ class Store:
                                "ON r.id = s.record WHERE r.pith = ?", (subject,)).fetchone()
         return row[0].hex() if row else None
 
+    def record_states(self) -> list[tuple[str, str]]:
+        """(Pith Number, state_sha256 hex) of every record, sorted, one snapshot."""
+        with self._read("cannot list record states", snapshot=True) as conn:
+            return [(str(p), bytes(s).hex()) for p, s in conn.execute(
+                "SELECT r.pith, s.state_sha256 FROM records r JOIN states s "
+                "ON s.record = r.id ORDER BY r.pith")]
+
     def records(self) -> list[str]:
         """Every stored record's Pith Number, sorted."""
         with self._read("cannot list records") as conn:

@@ -272,6 +272,15 @@ class FakeNode:
         self._enter("manifest")
         return {"manifest_type": "pith_mirror_manifest", "mirrors": []}
 
+    async def checkpoint(self) -> dict[str, Any]:
+        self._enter("checkpoint")
+        return {"note": "fake\n", "origin": "fake", "tree_size": len(self.records),
+                "root_hex": "00" * 32, "mirror_prefixes": [], "signed_at": 0}
+
+    async def split_views(self) -> list[dict[str, Any]]:
+        self._enter("split_views")
+        return []
+
     def metrics_text(self) -> bytes:
         return (b"# HELP pithnode_fake 1 if this is the fake node\n"
                 b"# TYPE pithnode_fake gauge\npithnode_fake 1\n")

@@ -692,7 +692,7 @@ async def start_node(nursery: trio.Nursery, net: MemoryNetwork, d: Path, key: Si
     cfg = NodeConfig(http=HttpConfig(enabled=http, port=0),
                      sync=SyncConfig(interval_s=3600.0, jitter_s=0.0))
     transport = net.create(seed=key.seed, config=TransportConfig(listen_addrs=("/memory/0",)))
-    node = Node(cfg, data_dir=d, spec=spec(), key=key, transport=transport)
+    node = Node(cfg, data_dir=d, spec=spec(), key=key, transport=transport, attest=False)
     with trio.fail_after(TIMEOUT):
         await nursery.start(node.run)
     return node
