@@ -108,6 +108,8 @@ class PullConfig:
 
 @dataclass(frozen=True, slots=True)
 class AttestConfig:
+    #: sign mirror hints and attestations, audit peers, exchange checkpoints
+    enabled: bool = True
     mirror_hint_interval_s: float = 3600.0
     checkpoint_interval_s: float = 300.0
     audit_interval_s: float = 120.0

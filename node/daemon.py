@@ -141,7 +141,8 @@ class Node:
         self.ready: Ready | None = None
         self._gossip_exported: dict[tuple[str, str], int] = {}
         #: the attestation services; tests may run their own (``attest=False``) and set it
-        self.attestor: Attestor | None = Attestor(self, cfg.attest) if attest else None
+        self.attestor: Attestor | None = (Attestor(self, cfg.attest)
+                                          if attest and cfg.attest.enabled else None)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[Ready] = trio.TASK_STATUS_IGNORED) -> None:
