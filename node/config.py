@@ -202,7 +202,10 @@ def _convert(value: Any, default: Any, where: str, base: Path) -> Any:
     if isinstance(default, float):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError as exc:
+            raise ConfigError(f"{where}: number out of range") from exc
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string")
@@ -223,8 +226,10 @@ def config_from_toml(text: str, *, source: str = "<config>", base: Path | None =
     """Parse node configuration text. ``base`` resolves relative paths (the file's folder)."""
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{source}: TOML nested too deeply") from exc
     base = base or Path.cwd()
     sections: dict[str, Any] = {}
     for name, table in doc.items():

@@ -114,7 +114,9 @@ def _check_fingerprint(value: Any, name: str) -> str:
 
 def _check_version(value: Any) -> None:
     if not _is_int(value, 0, 1 << 32) or value != AUDIT_VERSION:
-        raise _bad(f"unsupported audit version {str(value)[:20]!r}", "bad_version")
+        shown = repr(value[:20]) if isinstance(value, str) else (
+            str(value) if _is_int(value, 0, 1 << 32) else f"of type {type(value).__name__}")
+        raise _bad(f"unsupported audit version {shown}", "bad_version")
 
 
 def _wire_dict(obj: Any, kind: str, keys: frozenset[str]) -> dict[Any, Any]:

@@ -42,8 +42,10 @@ def parse_bundle(doc: Any) -> ParsedBundle:
         raise DecodeError("bad_bundle", f"bundle lacks {missing[0]!r}")
     subject = doc["pith_number"]
     try:
-        if not isinstance(subject, str) or not parse_pith_number(subject).is_full:
-            raise DecodeError("bad_bundle", "pith_number must be a full Pith Number")
+        if (not isinstance(subject, str) or not parse_pith_number(subject).is_full
+                or str(parse_pith_number(subject)) != subject):
+            raise DecodeError("bad_bundle",
+                              "pith_number must be a full Pith Number in canonical form")
     except InputError as exc:
         raise DecodeError("bad_bundle", str(exc)) from exc
     events = doc["events"]

@@ -145,14 +145,21 @@ def spec_from_toml(text: str, *, source: str = "<network spec>") -> NetworkSpec:
     """Parse a network spec. Errors name ``source``, the section and the key."""
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise SpecError(f"{source}: not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise SpecError(f"{source}: TOML nested too deeply") from exc
     _check_keys(doc, {"network", "registry_keys", "trusted_importers", "authorisation",
                       "allowed_signers"}, source)
     net = doc.get("network")
     if not isinstance(net, dict):
         raise SpecError(f"{source}: missing [network] section")
     _check_keys(net, {"name", "merge_version", "state_version"}, f"{source} [network]")
+    for name, kind in (("registry_keys", list), ("trusted_importers", list),
+                       ("authorisation", dict), ("allowed_signers", dict)):
+        if name in doc and not isinstance(doc[name], kind):
+            what = "an array of tables" if kind is list else "a table"
+            raise SpecError(f"{source}: {name} must be {what}")
     regs = []
     for i, r in enumerate(doc.get("registry_keys", [])):
         where = f"{source} [[registry_keys]] #{i + 1}"

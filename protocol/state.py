@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .canonical import canonical_json, sha256_hex
-from .errors import DecodeError
+from .errors import DecodeError, InputError
 from .events import STATE_LISTS, Event, event_from_state_entry
 from .identifiers import parse_pith_number
 from .spec import MERGE_VERSION, STATE_VERSION
@@ -128,8 +128,12 @@ def parse_state(doc: Any) -> ParsedState:
     if missing:
         raise DecodeError("bad_state", f"state document lacks {missing[0]!r}")
     subject = doc["pith_number"]
-    if not isinstance(subject, str) or not parse_pith_number(subject).is_full:
-        raise DecodeError("bad_state", "pith_number must be a full Pith Number")
+    try:
+        canonical = isinstance(subject, str) and str(parse_pith_number(subject)) == subject
+    except InputError:
+        canonical = False
+    if not canonical or not subject.count(":") == 2:
+        raise DecodeError("bad_state", "pith_number must be a full Pith Number in canonical form")
     current = doc["current"]
     if not isinstance(current, dict):
         raise DecodeError("bad_state", "current must be an object")

@@ -79,6 +79,13 @@ def _cbor_loads(data: bytes, limit: int) -> Any:
         raise DecodeError("bad_cbor", f"malformed CBOR: {type(exc).__name__}") from exc
 
 
+def _describe(value: Any) -> str:
+    """A short description of a peer's value that cannot itself fail (huge ints, bytes)."""
+    if isinstance(value, str):
+        return repr(value[:20])
+    return f"of type {type(value).__name__}"
+
+
 def _bytes_list(value: Any, limit: int, item_limit: int, name: str) -> list[bytes]:
     if not isinstance(value, list) or len(value) > limit:
         raise DecodeError("bad_frame", f"{name} must be a list of at most {limit}")
@@ -135,7 +142,7 @@ def decode_frame(data: bytes) -> Frame:
         raise DecodeError("bad_version", "not a version-1 sync frame")
     kind = obj.get("t")
     if not isinstance(kind, str) or kind not in _FIELDS:
-        raise DecodeError("bad_frame", f"unknown frame type {str(kind)[:20]!r}")
+        raise DecodeError("bad_frame", f"unknown frame type {_describe(kind)}")
     spec = _FIELDS[kind]
     if set(obj) != {"v", "t", *spec}:
         raise DecodeError("bad_frame", f"{kind} frame has wrong fields")
