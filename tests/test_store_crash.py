@@ -27,7 +27,7 @@ from pithnode.storage.store import Store
 from .corpus import CLI_DRIVER, Keys, bulk_events, corpus, jsonl, net_spec, net_toml
 
 KILLS = 20
-MAX_RUNS = 40
+MAX_RUNS = 60
 RUNS_PER_DIR = 2
 BATCH = 40
 SEED = 20260518
@@ -81,7 +81,7 @@ def test_sigkill_during_import_never_loses_or_corrupts(tmp_path: Path) -> None:
         runs += 1
         proc = start(d)
         try:
-            proc.wait(timeout=rng.uniform(0.1, 1.0) * whole)  # the randomised kill delay
+            proc.wait(timeout=rng.uniform(0.05, 0.85) * whole)  # the randomised kill delay
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             killed += 1
