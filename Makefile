@@ -47,11 +47,15 @@ lint: install
 test: install browser-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# A node with the real golden record and a demo corpus, until Ctrl-C (HTTP on 127.0.0.1:8080).
+# Options go in RUN_ARGS, e.g.  make run RUN_ARGS='--http-port 8081 --records 500'
 run: install
-	$(BIN)/python -m pithnode.node.demo --data-dir $(DATA_DIR)
+	$(BIN)/python -m pithnode.node.demo --data-dir $(DATA_DIR) $(RUN_ARGS)
 
+# Three peered nodes on 127.0.0.1 (configs/devnet; DEVNET ONLY: public test keys), until
+# Ctrl-C. DEVNET_ARGS e.g. '--check' (exit once converged), '--fresh', '--records 100'.
 devnet: install
-	$(BIN)/python -m pithnode.node.devnet
+	$(BIN)/python -m pithnode.node.devnet $(DEVNET_ARGS)
 
 bench: install
 	$(BIN)/python bench/run_all.py

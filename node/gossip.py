@@ -13,6 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -27,12 +28,17 @@ from .transport import GossipMessage, PeerId, Transport, short_id
 
 log = logging.getLogger(__name__)
 
+_V = TypeVar("_V")
+
 #: Signers whose token buckets are remembered (least recently seen are forgotten).
 MAX_TRACKED_SIGNERS = 10_000
 #: Event ids remembered to drop duplicates before they reach the store.
 MAX_SEEN_IDS = 200_000
 #: Events waiting to be published; beyond this, publish() blocks (back-pressure).
 OUTBOX_EVENTS = 10_000
+#: Batches remembered between validation and delivery (validated messages' decoded events,
+#: and the batches this node published itself); least recently added are forgotten.
+MAX_REMEMBERED_BATCHES = 32
 
 
 @dataclass(slots=True)
@@ -50,6 +56,12 @@ class GossipStats:
 
 def _decode_batch(data: bytes) -> list[Event]:
     return decode_events(decode_gossip(data))
+
+
+def _remember(table: OrderedDict[bytes, _V], key: bytes, value: _V) -> None:
+    table[key] = value
+    while len(table) > MAX_REMEMBERED_BATCHES:
+        table.popitem(last=False)
 
 
 class TokenBuckets:
@@ -90,11 +102,23 @@ class Gossip:
         self.buckets = TokenBuckets(rate_per_signer, max(rate_per_signer * 2, 50), clock)
         self.stats = GossipStats()
         self._seen: OrderedDict[str, None] = OrderedDict()
+        #: message bytes -> its events, decoded and verified by validate(), for consume()
+        self._validated: OrderedDict[bytes, list[Event]] = OrderedDict()
+        #: message bytes of batches _send_batch published (their events are stored already)
+        self._own: OrderedDict[bytes, None] = OrderedDict()
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_EVENTS)
 
     # -- inbound -----------------------------------------------------------------------------
     def validate(self, sender: PeerId, data: bytes) -> bool:
-        """Topic validator: runs on the trio thread; never raises (the transport guards it)."""
+        """Topic validator: runs on the trio thread; never raises (the transport guards it).
+
+        A batch this engine published itself is not checked again: every event in it was
+        accepted by our store before it was queued for gossip (libp2p validates local
+        publishes too). Anything else our transport publishes is checked like a peer's.
+        """
+        if sender == self.transport.peer_id and data in self._own:
+            del self._own[data]
+            return True
         try:
             events = decode_events(decode_gossip(data))
         except InputError as exc:
@@ -116,6 +140,7 @@ class Gossip:
             if not self.buckets.take(signer, n):
                 self.stats.rate_limited += 1
                 return False
+        _remember(self._validated, data, events)
         return True
 
     def _fresh(self, events: list[Event]) -> list[Event]:
@@ -136,11 +161,13 @@ class Gossip:
     async def consume(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         async for msg in channel:
             self.stats.messages_in += 1
-            try:
-                events = await trio.to_thread.run_sync(_decode_batch, msg.data)
-            except InputError:  # validated already; a decoder bug must not stop the loop
-                log.exception("validated gossip failed to decode")
-                continue
+            events = self._validated.pop(msg.data, None)  # decoded when it was validated
+            if events is None:
+                try:
+                    events = await trio.to_thread.run_sync(_decode_batch, msg.data)
+                except InputError:  # validated already; a decoder bug must not stop the loop
+                    log.exception("validated gossip failed to decode")
+                    continue
             self.stats.events_in += len(events)
             fresh = self._fresh(events)
             if fresh:
@@ -181,7 +208,9 @@ class Gossip:
         if not batch:
             return
         try:
-            await self.transport.publish(self.topic, encode_gossip(batch))
+            data = encode_gossip(batch)
+            _remember(self._own, data, None)
+            await self.transport.publish(self.topic, data)
         except Exception:  # edge: a failed publish is logged; sync delivers the events
             log.exception("gossip publish of %d events failed", len(batch))
             return

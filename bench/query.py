@@ -1,0 +1,415 @@
+"""Query benchmark: record lookups over the query socket and ``state.json`` over HTTP.
+
+A store of N synthetic records (node/synth.py; 100,000 by default) is generated and imported
+through the Store API (both timed), then a real ``pithnode run`` serves it and is measured:
+
+- socket: many concurrent clients on the Unix socket, each one request in flight at a time,
+  ask ``record.state`` for a random Pith Number or arXiv id; requests/s, p50 and p99 latency.
+  Target: >= 5,000 requests/s with p99 < 5 ms.
+- HTTP: ``wrk -t2 -c64 -d10s`` fetches ``/pith/{suffix}/state.json`` of random records (a Lua
+  script picks suffixes from a file); requests/s. Target: >= 1,500 requests/s.
+
+    .venv/bin/python bench/query.py                   # full size (about 10 minutes)
+    .venv/bin/python bench/query.py --records 2000    # a quick run
+    .venv/bin/python bench/query.py --json figures.json --data-dir /tmp/bench  # keep & reuse
+
+The node runs with ``[attest] enabled = false`` unless ``--attest``: a node that has just
+imported N records signs attestations for all of them in the background (rate-limited), and
+that work is not the query path being measured.
+
+``wrk`` is Debian's package (``apt-get install -y wrk``); without it the HTTP part is skipped
+with that hint. ``--data-dir`` keeps the store: a later run with the same or fewer records
+reuses it instead of generating and importing again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pithnode.node.devnet import RunningNode, run_node
+from pithnode.node.synth import SynthConfig, synth_keys, synth_record
+from pithnode.protocol.events import Event
+from pithnode.storage.store import MAX_BATCH_EVENTS, Store
+
+SEED = 7
+NETWORK_NAME = "pith-bench"
+LOOKUPS_FILE = "bench-lookups.json"
+CHUNK_RECORDS = 500
+SOCKET_TARGET_RPS = 5000.0
+SOCKET_TARGET_P99_MS = 5.0
+HTTP_TARGET_RPS = 1500.0
+READ_CHUNK = 1 << 16
+NODE_CONFIG = """# pithnode benchmark node: loopback, ports from port 0, quiet logs
+[p2p]
+listen = ["/ip4/127.0.0.1/tcp/0"]
+[http]
+host = "127.0.0.1"
+port = 0
+[log]
+level = "warning"
+[attest]
+enabled = {attest}
+"""
+WRK_SCRIPT = """-- random /pith/{suffix}/state.json, suffixes from the file given after --
+local suffixes = {}
+function init(args)
+  for line in io.lines(args[1]) do suffixes[#suffixes + 1] = line end
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+end
+function request()
+  return wrk.format("GET", "/pith/" .. suffixes[math.random(#suffixes)] .. "/state.json")
+end
+"""
+
+
+# -- the machine ------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_start": os.getloadavg()[0]}
+
+
+# -- corpus and import -------------------------------------------------------------------------
+def _chunk(bounds: tuple[int, int]) -> tuple[list[Event], list[tuple[str, str]]]:
+    """Records [start, stop) of the corpus: their events and (Pith Number, arXiv id)s."""
+    keys, cfg = synth_keys(SEED), SynthConfig(seed=SEED)
+    events: list[Event] = []
+    lookups: list[tuple[str, str]] = []
+    for i in range(*bounds):
+        rec = synth_record(keys, i, cfg)
+        events.extend(rec.events)
+        lookups.append((rec.pith_number, str(rec.canonical_record["source"]["id"])))
+    return events, lookups
+
+
+def generate(records: int) -> tuple[list[Event], list[tuple[str, str]]]:
+    """The whole corpus, made on every CPU (signing dominates)."""
+    bounds = [(i, min(i + CHUNK_RECORDS, records)) for i in range(0, records, CHUNK_RECORDS)]
+    events: list[Event] = []
+    lookups: list[tuple[str, str]] = []
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        for evs, lks in pool.map(_chunk, bounds):
+            events.extend(evs)
+            lookups.extend(lks)
+    return events, lookups
+
+
+def import_events(data_dir: Path, events: Sequence[Event]) -> dict[str, Any]:
+    spec = synth_keys(SEED).spec(NETWORK_NAME)
+    started = time.perf_counter()
+    with Store(data_dir / "store.sqlite", spec) as store:
+        summary = store.ingest_many(events, source="bench", received_at=time.time(),
+                                    batch_events=MAX_BATCH_EVENTS)
+        stats = store.stats()
+    took = time.perf_counter() - started
+    return {"events": len(events), "new": summary.new, "seconds": round(took, 2),
+            "events_per_s": round(len(events) / took), "records": stats.records,
+            "store_bytes": stats.file_bytes}
+
+
+# -- socket clients ----------------------------------------------------------------------------
+class CpuClock:
+    """CPU seconds a process (and its main thread, trio's) used, from /proc (Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def _read(self, path: str) -> float:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.hz
+
+    def now(self) -> tuple[float, float]:
+        try:
+            return (self._read(f"/proc/{self.pid}/stat"),
+                    self._read(f"/proc/{self.pid}/task/{self.pid}/stat"))
+        except (OSError, IndexError, ValueError):
+            return (float("nan"), float("nan"))
+
+
+def cpu_per_request(before: tuple[float, float], after: tuple[float, float],
+                    requests: int) -> dict[str, Any]:
+    """Node CPU per request: a figure a busy machine distorts less than requests/s."""
+    total, main = ((a - b) / max(requests, 1) * 1e6 for a, b in zip(after, before,
+                                                                    strict=True))
+    if math.isnan(total):  # no /proc
+        return {}
+    return {"node_cpu_us_per_request": round(total), "trio_thread_cpu_us_per_request":
+            round(main), "trio_thread_bound_requests_per_s": round(1e6 / main) if main else None}
+
+
+@dataclass(slots=True)
+class SocketFigures:
+    clients: int
+    seconds: float
+    requests: int
+    errors: int
+    latencies_ns: list[int]
+    warmup_requests: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ns)
+        q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
+        return {"clients": self.clients, "seconds": round(self.seconds, 2),
+                "requests": self.requests, "errors": self.errors,
+                "requests_per_s": round(self.requests / self.seconds),
+                "p50_ms": round(q[49] / 1e6, 3), "p99_ms": round(q[98] / 1e6, 3),
+                "max_ms": round(lat[-1] / 1e6, 3) if lat else None}
+
+
+async def _socket_client(path: Path, ids: Sequence[str], seed: int, warm_until: float,
+                         until: float, figures: SocketFigures) -> None:
+    rng = random.Random(seed)
+    stream = await trio.open_unix_socket(str(path))
+    buf = bytearray()
+    rid = 0
+    async with stream:
+        while True:
+            now = trio.current_time()
+            if now >= until:
+                return
+            rid += 1
+            request = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "record.state",
+                                  "params": {"id": rng.choice(ids)}}).encode() + b"\n"
+            t0 = time.perf_counter_ns()
+            await stream.send_all(request)
+            while (nl := buf.find(b"\n")) < 0:
+                data = await stream.receive_some(READ_CHUNK)
+                if not data:
+                    raise RuntimeError("the node closed a benchmark connection")
+                buf += data
+            t1 = time.perf_counter_ns()
+            head = bytes(buf[:120])
+            del buf[:nl + 1]
+            if now < warm_until:
+                figures.warmup_requests += 1
+                continue
+            figures.requests += 1
+            figures.latencies_ns.append(t1 - t0)
+            if b'"result":' not in head or b'"state_sha256"' not in head:
+                figures.errors += 1
+
+
+async def socket_bench(node: RunningNode, ids: Sequence[str], *, clients: int,
+                       seconds: float, warmup: float) -> SocketFigures:
+    figures = SocketFigures(clients, seconds, 0, 0, [])
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for i in range(clients):
+            nursery.start_soon(_socket_client, node.socket, ids, i, start + warmup,
+                               start + warmup + seconds, figures)
+    return figures
+
+
+# -- HTTP with wrk -----------------------------------------------------------------------------
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if m is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in ([\d.]+)(\w+),", output)
+    if rps is None or total is None:
+        raise ValueError("wrk printed no figures:\n" + output)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       output)
+    out: dict[str, Any] = {"requests": int(total.group(1)),
+                           "requests_per_s": round(float(rps.group(1))),
+                           "non_2xx": int(bad.group(1)) if bad else 0,
+                           "socket_errors": sum(map(int, errors.groups())) if errors else 0}
+    for pct, value in re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M):
+        out[f"p{pct}_ms"] = round(_ms(value), 3)
+    return out
+
+
+async def http_bench(node: RunningNode, suffixes: Sequence[str], workdir: Path, *,
+                     threads: int, connections: int, seconds: int) -> dict[str, Any]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return {"skipped": "wrk is not installed: apt-get install -y wrk"}
+    (workdir / "suffixes.txt").write_text("\n".join(suffixes) + "\n")
+    (workdir / "state.lua").write_text(WRK_SCRIPT)
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+           "-s", str(workdir / "state.lua"), node.http, "--", str(workdir / "suffixes.txt")]
+    done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True)
+    out = done.stdout.decode()
+    figures = parse_wrk(out)
+    figures["command"] = " ".join(["wrk", *cmd[1:]])
+    return figures
+
+
+# -- the program -------------------------------------------------------------------------------
+async def measure(data_dir: Path, lookups: Sequence[tuple[str, str]],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    config = data_dir / "bench-node.toml"
+    config.write_text(NODE_CONFIG.format(attest="true" if args.attest else "false"))
+    network = data_dir / "network.toml"
+    network.write_text(synth_keys(SEED).spec_toml(NETWORK_NAME))
+    async with trio.open_nursery() as nursery:
+        node: RunningNode = await nursery.start(partial(
+            run_node, "bench", config, data_dir, network, startup_timeout=300))
+        print(f"node ready: socket {node.socket}, HTTP {node.http}", flush=True)
+        ids = [pn for pn, _ in lookups] + [arxiv for _, arxiv in lookups]
+        clock = CpuClock(node.pid)
+        before = clock.now()
+        sock = await socket_bench(node, ids, clients=args.clients, seconds=args.seconds,
+                                  warmup=args.warmup)
+        socket_figures = {**sock.to_json(), **cpu_per_request(
+            before, clock.now(), sock.requests + sock.warmup_requests)}
+        print(f"socket: {socket_figures}", flush=True)
+        before = clock.now()
+        http = await http_bench(node, [pn.rsplit(":", 1)[1] for pn, _ in lookups], data_dir,
+                                threads=2, connections=64, seconds=int(args.seconds))
+        if "requests" in http:
+            http.update(cpu_per_request(before, clock.now(), http["requests"]))
+        print(f"http: {http}", flush=True)
+        nursery.cancel_scope.cancel()
+    return {"socket": socket_figures, "http": http}
+
+
+def prepare(data_dir: Path, records: int) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """The lookups of a store of ``records`` records in ``data_dir``, made unless held."""
+    saved = data_dir / LOOKUPS_FILE
+    if saved.is_file() and (data_dir / "store.sqlite").is_file():
+        doc = json.loads(saved.read_text())
+        if doc.get("seed") == SEED and len(doc["lookups"]) >= records:
+            print(f"reusing the store in {data_dir} ({len(doc['lookups'])} records)")
+            held = [(str(pn), str(arxiv)) for pn, arxiv in doc["lookups"][:records]]
+            return held, dict(doc["import"])
+    print(f"generating {records} synthetic records on {os.cpu_count()} CPUs…", flush=True)
+    started = time.perf_counter()
+    events, lookups = generate(records)
+    gen_s = time.perf_counter() - started
+    print(f"generated {len(events)} events in {gen_s:.1f} s; importing via the Store API…",
+          flush=True)
+    (data_dir / "store.sqlite").unlink(missing_ok=True)
+    figures = import_events(data_dir, events)
+    figures["generate_seconds"] = round(gen_s, 2)
+    print(f"imported: {figures}", flush=True)
+    saved.write_text(json.dumps({"seed": SEED, "lookups": lookups, "import": figures}))
+    return lookups, figures
+
+
+def verdicts(fig: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    sock, http = fig["socket"], fig["http"]
+    rows: list[tuple[str, str, str, bool | None]] = [
+        ("socket record.state requests/s", str(sock["requests_per_s"]),
+         f">= {SOCKET_TARGET_RPS:.0f}", sock["requests_per_s"] >= SOCKET_TARGET_RPS),
+        ("socket p50 latency", f"{sock['p50_ms']} ms", "", None),
+        ("socket p99 latency", f"{sock['p99_ms']} ms", f"< {SOCKET_TARGET_P99_MS:.0f} ms",
+         sock["p99_ms"] < SOCKET_TARGET_P99_MS),
+        ("socket errors", str(sock["errors"]), "0", sock["errors"] == 0),
+    ]
+    rows += _cpu_rows("socket", sock)
+    if "skipped" in http:
+        rows.append(("HTTP state.json requests/s", "skipped", http["skipped"], None))
+    else:
+        rows += [
+            ("HTTP state.json requests/s", str(http["requests_per_s"]),
+             f">= {HTTP_TARGET_RPS:.0f}", http["requests_per_s"] >= HTTP_TARGET_RPS),
+            ("HTTP p50 / p99 latency", f"{http.get('p50_ms')} / {http.get('p99_ms')} ms", "",
+             None),
+            ("HTTP errors (non-2xx, socket)", f"{http['non_2xx']}, {http['socket_errors']}",
+             "0, 0", http["non_2xx"] == 0 and http["socket_errors"] == 0),
+        ]
+        rows += _cpu_rows("HTTP", http)
+    return rows
+
+
+def _cpu_rows(what: str, fig: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    if "node_cpu_us_per_request" not in fig:
+        return []
+    return [(f"{what} node CPU per request", f"{fig['node_cpu_us_per_request']} us", "", None),
+            (f"{what} of it on the trio thread", f"{fig['trio_thread_cpu_us_per_request']} us",
+             "", None),
+            (f"{what} trio thread bound", f"{fig['trio_thread_bound_requests_per_s']} req/s",
+             "", None)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--records", type=int, default=100_000, help="records in the store")
+    p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="keep the store here (reused by later runs); default: a temporary one")
+    p.add_argument("--clients", type=int, default=32,
+                   help="concurrent socket clients (the socket serves at most 32)")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement")
+    p.add_argument("--warmup", type=float, default=2.0, help="socket warm-up, not counted")
+    p.add_argument("--attest", action="store_true",
+                   help="let the node attest while measured (off by default: on a fresh store "
+                        "of N records it signs about 9 events per record at 20/s for hours, "
+                        "which is not the query path)")
+    args = p.parse_args(argv)
+    tmp = None if args.data_dir else tempfile.mkdtemp(prefix="pithnode-bench-")
+    data_dir = Path(args.data_dir or tmp or ".")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    print(f"machine: {info['nproc']} CPUs, {info['cpu_model']}, Python {info['python']}, "
+          f"load average {info['loadavg_start']:.1f}")
+    if info["loadavg_start"] > 0.5 * (info["nproc"] or 1):
+        print("warning: the machine is busy; figures measured now understate the node")
+    try:
+        lookups, imported = prepare(data_dir, args.records)
+        figures = trio.run(measure, data_dir, lookups, args)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    info["loadavg_end"] = os.getloadavg()[0]
+    result = {"machine": info, "records": args.records, "attest": args.attest,
+              "import": imported, **figures,
+              "targets": {"socket_requests_per_s": SOCKET_TARGET_RPS,
+                          "socket_p99_ms": SOCKET_TARGET_P99_MS,
+                          "http_requests_per_s": HTTP_TARGET_RPS}}
+    print(f"\nquery benchmark, {args.records} records, on {info['nproc']} CPUs "
+          f"({info['cpu_model']}); load average {info['loadavg_start']:.1f} at the start, "
+          f"{info['loadavg_end']:.1f} at the end")
+    print(f"  import: {imported['events']} events in {imported['seconds']} s "
+          f"({imported['events_per_s']} events/s; generating them took "
+          f"{imported.get('generate_seconds', '?')} s)")
+    missed = False
+    for name, value, target, ok in verdicts(result):
+        mark = "" if ok is None else ("  ok" if ok else "  MISSED")
+        missed |= ok is False
+        print(f"  {name:34} {value:>16}  {target:>10}{mark}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

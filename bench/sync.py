@@ -1,0 +1,417 @@
+"""Sync benchmark: two real node processes on 127.0.0.1, and rsync as the yardstick.
+
+Phase 1 (bulk): node A holds N synthetic events (default 100,000, imported with
+``pithnode import`` from JSON Lines); node B starts empty with A as its bootstrap peer. The
+figure is N divided by the seconds from B's ready line until B stores all N events
+(target >= 8,000 events/s).
+
+Phase 2 (1% divergence): a fresh node B2 starts holding the same corpus minus 1% of the
+events (chosen at random, seeded) and reconciles with A. Figures: the time from B2's ready
+line until it holds every event, the Negentropy rounds and the bytes of the ``neg`` frames
+(replayed in-process with ``protocol/negentropy.py`` over the two stores' sync items: the
+daemon reports only totals over all frame types, printed beside), and the same change
+brought by rsync to a tree of per-record bundle files over a loopback rsync daemon (the
+destination holds the bundles of B2's store, so exactly the records whose events are
+missing differ; unchanged files carry the source's mtime, so rsync's quick check skips
+them). Target: pithnode's time <= 0.5x rsync's.
+
+Usage: python bench/sync.py [--events N] [--missing FRACTION] [--json FILE] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the cluster harness lives in tests/
+    sys.path.insert(0, str(ROOT))
+
+import trio  # noqa: E402
+
+from pithnode.node.synth import SynthConfig, synth_keys, synth_record  # noqa: E402
+from pithnode.protocol.negentropy import Negentropy, VectorStorage  # noqa: E402
+from pithnode.protocol.wire import encode_frame  # noqa: E402
+from pithnode.storage.store import Store  # noqa: E402
+from tests.cluster import CLI, Cluster, NodeProcess, NodeSettings, wait_until  # noqa: E402
+
+SEED = 5
+FRAME_SIZE_LIMIT = 60_000  # the daemon's default [sync] frame_size_limit
+EVENTS_PER_RECORD = 6.6
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def figure(name: str, value: Any, unit: str = "", *, target: str = "", peer: str = "",
+           ratio: float | None = None) -> dict[str, Any]:
+    """One figure in the form bench/run_all.py renders."""
+    out: dict[str, Any] = {"name": name, "value": value, "unit": unit}
+    if peer:
+        out["peer"] = peer
+    if ratio is not None:
+        out["ratio"] = round(ratio, 3)
+    if target:
+        out["target"] = target
+        op, bound = target.split()
+        checked = ratio if ratio is not None else value
+        out["met"] = checked >= float(bound) if op == ">=" else checked <= float(bound)
+    return out
+
+
+def show(f: dict[str, Any]) -> str:
+    v = f["value"]
+    text = f"{f['name']}: {v:,.3f}" if isinstance(v, float) else f"{f['name']}: {v:,}" \
+        if isinstance(v, int) else f"{f['name']}: {v}"
+    if f["unit"]:
+        text += f" {f['unit']}"
+    if "peer" in f:
+        text += f" (vs {f['peer']})"
+    if "target" in f:
+        text += f" (target {f['target']}: {'met' if f['met'] else 'MISSED'})"
+    return text
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+# ---------------------------------------------------------------------------- corpus
+
+
+def _chunk(args: tuple[int, int, int]) -> list[bytes]:
+    seed, start, stop = args
+    keys, cfg = synth_keys(seed), SynthConfig(seed=seed)
+    return [e.canonical_bytes() for i in range(start, stop)
+            for e in synth_record(keys, i, cfg).events]
+
+
+def make_corpus(events: int, work: Path) -> list[bytes]:
+    """Exactly ``events`` canonical events (whole records, the last one cut)."""
+    records = int(events / EVENTS_PER_RECORD * 1.1) + 10
+    step = 500
+    jobs = [(SEED, s, min(records, s + step)) for s in range(0, records, step)]
+    out: list[bytes] = []
+    with multiprocessing.Pool(os.cpu_count() or 1) as pool:
+        for lines in pool.imap(_chunk, jobs):
+            out.extend(lines)
+            if len(out) >= events:
+                pool.terminate()
+                break
+    if len(out) < events:
+        raise SystemExit(f"the corpus came out short: {len(out)} < {events}")
+    return out[:events]
+
+
+def write_jsonl(path: Path, lines: list[bytes]) -> None:
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line + b"\n")
+
+
+async def import_jsonl(data_dir: Path, jsonl: Path) -> float:
+    """``pithnode import`` in a child process; its wall time."""
+    t0 = time.perf_counter()
+    await trio.run_process([*CLI, "import", str(jsonl), "--data-dir", str(data_dir),
+                            "--progress", "none"], stdout=subprocess.DEVNULL, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------- negentropy
+
+
+def sync_items(store_path: Path, spec: Any) -> list[tuple[int, bytes]]:
+    with Store(store_path, spec, readonly=True) as store:
+        return list(store.iter_sync_items())
+
+
+def replay_negentropy(initiator: list[tuple[int, bytes]], responder: list[tuple[int, bytes]]
+                      ) -> dict[str, int]:
+    """The reconciliation of one session, exactly as node/sync.py drives it."""
+    client = Negentropy(VectorStorage.from_items(initiator), FRAME_SIZE_LIMIT)
+    server = Negentropy(VectorStorage.from_items(responder), FRAME_SIZE_LIMIT)
+    rounds = out_bytes = in_bytes = 0
+    have: list[bytes] = []
+    need: list[bytes] = []
+    msg: bytes | None = client.initiate()
+    while msg is not None:
+        rounds += 1
+        out_bytes += len(encode_frame("neg", m=msg))
+        reply = server.reconcile(msg)
+        in_bytes += len(encode_frame("neg", m=reply))
+        msg, h, n = client.reconcile_initiator(reply)
+        have.extend(h)
+        need.extend(n)
+    return {"rounds": rounds, "neg_bytes_out": out_bytes, "neg_bytes_in": in_bytes,
+            "need": len(set(need)), "have": len(set(have))}
+
+
+# ---------------------------------------------------------------------------- rsync
+
+
+def bundle_tree(store_path: Path, spec: Any, out: Path) -> dict[str, bytes]:
+    """pith/{suffix}/bundle.json for every record of a store; their bytes by relative path."""
+    files: dict[str, bytes] = {}
+    with Store(store_path, spec, readonly=True) as store:
+        for pith in store.records():
+            data = store.bundle(pith)
+            if data is None:
+                continue
+            rel = f"pith/{pith.rsplit(':', 1)[1]}/bundle.json"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(data)
+            files[rel] = data
+    return files
+
+
+def set_mtimes(src: Path, dst: Path, src_files: dict[str, bytes], dst_files: dict[str, bytes]
+               ) -> int:
+    """Unchanged files share the source's mtime (as after an earlier rsync); changed ones
+    are older. The number of files that differ or are missing at the destination."""
+    stamp = int(time.time()) - 86_400
+    for rel in src_files:
+        os.utime(src / rel, (stamp, stamp))
+    differ = 0
+    for rel, data in dst_files.items():
+        same = src_files.get(rel) == data
+        differ += not same
+        os.utime(dst / rel, (stamp, stamp) if same else (stamp - 3600, stamp - 3600))
+    return differ + sum(1 for rel in src_files if rel not in dst_files)
+
+
+def start_rsync_daemon(module_path: Path, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``rsync --daemon`` on 127.0.0.1; the port is picked at random and retried if taken
+    (rsync cannot bind port 0 and report it)."""
+    conf = work / "rsyncd.conf"
+    conf.write_text(
+        f"use chroot = false\nuid = {os.getuid()}\ngid = {os.getgid()}\n"
+        f"log file = {work / 'rsyncd.log'}\n"
+        f"[pith]\n  path = {module_path}\n  read only = true\n")
+    rng = random.Random()
+    for _ in range(20):
+        port = rng.randint(20_000, 60_000)
+        proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
+                                 f"--port={port}", "--address=127.0.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return proc, port
+            except OSError:
+                time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+    raise SystemExit("could not start an rsync daemon on 127.0.0.1")
+
+
+def run_rsync(port: int, dst: Path) -> tuple[float, dict[str, str]]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(["rsync", "-a", "--delete", "--stats",
+                           f"rsync://127.0.0.1:{port}/pith/", f"{dst}/"],
+                          check=True, capture_output=True, text=True)
+    took = time.perf_counter() - t0
+    stats = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            stats[key.strip()] = value.strip()
+    return took, stats
+
+
+def trees_equal(a: Path, b: Path) -> bool:
+    def walk(root: Path) -> Iterator[tuple[str, bytes]]:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                yield str(p.relative_to(root)), p.read_bytes()
+    return list(walk(a)) == list(walk(b))
+
+
+# ---------------------------------------------------------------------------- phases
+
+
+async def wait_for_count(node: NodeProcess, count: int, timeout: float) -> float:
+    """Seconds from the node's ready line until it committed its last new event.
+
+    ``node.status`` counts with a scan of the whole store (about 0.1 s at 100,000 events),
+    so it is polled only once a second; the end time is not the poll's but the
+    ``received_at`` of the newest event the node stored (``events.recent``).
+    """
+    async def done() -> bool:
+        return await node.events_count() >= count
+
+    await wait_until(done, timeout, what=f"{node.name} holding {count} events",
+                     interval=1.0)
+    newest = (await node.call("events.recent", {"limit": 1}))["events"]
+    return float(newest[0]["received_at"]) - node.ready_wall
+
+
+async def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    figures: list[dict[str, Any]] = []
+    n = args.events
+    keys = synth_keys(SEED)
+    spec = keys.spec()
+    t0 = time.perf_counter()
+    lines = make_corpus(n, work)
+    rng = random.Random(SEED)
+    missing = set(rng.sample(range(n), max(1, round(n * args.missing))))
+    write_jsonl(work / "all.jsonl", lines)
+    write_jsonl(work / "partial.jsonl", [x for i, x in enumerate(lines) if i not in missing])
+    print(f"corpus: {n:,} events, {sum(map(len, lines)) / 1e6:.1f} MB canonical, "
+          f"{len(missing):,} held back for phase 2 ({time.perf_counter() - t0:.1f} s)",
+          flush=True)
+    timeout = max(120.0, n / 500)
+    settings = NodeSettings(sync_interval_s=30.0, sync_jitter_s=10.0, gossip_flush_s=0.05,
+                            redial_min_s=0.5, redial_max_s=5.0, sync_timeout_s=60.0)
+    async with Cluster(work / "nodes", keys, settings) as cluster:
+        a = cluster.add("a")
+        took = await import_jsonl(a.data_dir, work / "all.jsonl")
+        print(f"import into A: {took:.1f} s ({n / took:,.0f} events/s)", flush=True)
+        figures.append(figure("import into A (pithnode import)", round(n / took), "events/s"))
+        await cluster.start(a)
+
+        # -- phase 1: B empty
+        b = cluster.add("b", bootstrap=[a])
+        t_launch = trio.current_time()
+        await cluster.start(b)
+        started = trio.current_time() - t_launch
+        cpu0 = (a.cpu_seconds() or 0.0, b.cpu_seconds() or 0.0)
+        took = await wait_for_count(b, n, timeout)
+        cpu1 = (a.cpu_seconds() or 0.0, b.cpu_seconds() or 0.0)
+        rate = n / took
+        sb, sa = await b.status(), await a.status()
+        print(f"phase 1: B started in {started:.1f} s, then held {n:,} events after "
+              f"{took:.1f} s: {rate:,.0f} events/s; B sync {sb['sync']}, A sync pushed "
+              f"{sa['sync']['pushed']}", flush=True)
+        figures.append(figure("bulk sync into an empty node", round(rate), "events/s",
+                              target=">= 8000"))
+        figures.append(figure("bulk sync time", round(took, 2), "s",
+                              peer=f"{n} events, from B's ready line"))
+        figures.append(figure("bulk sync CPU, receiving node B",
+                              round(1000 * (cpu1[1] - cpu0[1]) / n, 3), "ms per event",
+                              peer=f"sending node A {1000 * (cpu1[0] - cpu0[0]) / n:.3f}; B "
+                                   f"used {(cpu1[1] - cpu0[1]) / took:.2f} cores on average"))
+        await cluster.stop(b)
+
+        # -- phase 2: B2 lacks 1%
+        b2 = cluster.add("b2", bootstrap=[a])
+        took_import = await import_jsonl(b2.data_dir, work / "partial.jsonl")
+        print(f"import into B2: {took_import:.1f} s", flush=True)
+        src, dst = work / "tree-src", work / "tree-dst"
+        src_files = bundle_tree(a.data_dir / "store.sqlite", spec, src)
+        dst_files = bundle_tree(b2.data_dir / "store.sqlite", spec, dst)
+        differ = set_mtimes(src, dst, src_files, dst_files)
+        neg = replay_negentropy(sync_items(b2.data_dir / "store.sqlite", spec),
+                                sync_items(a.data_dir / "store.sqlite", spec))
+        print(f"phase 2: {len(missing):,} events missing at B2, {differ:,} of "
+              f"{len(src_files):,} bundle files differ; negentropy replay {neg}", flush=True)
+
+        t_launch = trio.current_time()
+        await cluster.start(b2)
+        started = trio.current_time() - t_launch
+        cpu0 = (a.cpu_seconds() or 0.0, b2.cpu_seconds() or 0.0)
+        took = await wait_for_count(b2, n, timeout)
+        cpu1 = (a.cpu_seconds() or 0.0, b2.cpu_seconds() or 0.0)
+        sb2, sa = await b2.status(), await a.status()
+        print(f"phase 2: B2 started in {started:.1f} s, complete {took:.2f} s after ready; "
+              f"B2 last sync {sb2['sync']['last']}; A last sync {sa['sync']['last']}",
+              flush=True)
+        await cluster.stop()
+
+    daemon, port = start_rsync_daemon(src, work)
+    try:
+        rsync_s, stats = run_rsync(port, dst)
+    finally:
+        daemon.terminate()
+        daemon.wait()
+    same = trees_equal(src, dst)
+    print(f"rsync: {rsync_s:.2f} s; files transferred "
+          f"{stats.get('Number of regular files transferred')}, sent "
+          f"{stats.get('Total bytes sent')} B, received {stats.get('Total bytes received')} "
+          f"B; trees identical afterwards: {same}", flush=True)
+    if not same:
+        raise SystemExit("rsync did not reproduce the source tree")
+
+    last = sb2["sync"]["last"] or {}
+    figures += [
+        figure("1% reconciliation: events fetched", len(missing), "events"),
+        figure("1% reconciliation: negentropy rounds", neg["rounds"], "round trips",
+               peer=f"daemon: {last.get('rounds')} in the last session to finish, "
+                    f"role {last.get('role')}"),
+        figure("1% reconciliation: neg frame bytes", neg["neg_bytes_out"] + neg["neg_bytes_in"],
+               "B", peer=f"out {neg['neg_bytes_out']} / in {neg['neg_bytes_in']}"),
+        figure("1% reconciliation: all sync frame bytes (last session to finish at B2)",
+               int(last.get("bytes_in", 0)) + int(last.get("bytes_out", 0)), "B"),
+        figure("1% reconciliation: total time", round(took, 3), "s",
+               peer=f"rsync {rsync_s:.3f} s", ratio=took / rsync_s, target="<= 0.5"),
+        figure("1% reconciliation: CPU of B2 from its ready line", round(cpu1[1] - cpu0[1], 3),
+               "s", peer=f"A {cpu1[0] - cpu0[0]:.3f} s"),
+        figure("rsync of the changed bundle files", round(rsync_s, 3), "s",
+               peer=f"{differ} of {len(src_files)} files changed"),
+        figure("rsync bytes sent + received",
+               sum(int(stats.get(k, "0").replace(",", "")) for k in
+                   ("Total bytes sent", "Total bytes received")), "B"),
+    ]
+    return figures
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000, help="corpus size (default 100000)")
+    ap.add_argument("--missing", type=float, default=0.01,
+                    help="share of events missing at B2 in phase 2 (default 0.01)")
+    ap.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    ap.add_argument("--work", metavar="DIR", help="keep the nodes, trees and logs here")
+    args = ap.parse_args()
+    if shutil.which("rsync") is None:
+        raise SystemExit("rsync is not installed (apt-get install -y rsync)")
+    info = machine()
+    print(f"machine: nproc={info['nproc']}, cpu={info['cpu']!r}, python {info['python']}, "
+          f"load average {info['loadavg']}", flush=True)
+    if args.work:
+        work = Path(args.work)
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        figures = trio.run(run, args, work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="pithnode-bench-sync-") as tmp:
+            figures = trio.run(run, args, Path(tmp))
+    info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    print("\n==== sync benchmark: summary ====")
+    print(f"machine: nproc {info['nproc']}, {info['cpu']}, load average {info['loadavg']} "
+          f"at start, {info['loadavg_end']} at end")
+    for f in figures:
+        print(show(f))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"benchmark": "sync", "machine": info, "events": args.events,
+             "missing": args.missing, "figures": figures}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
