@@ -28,7 +28,7 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("sync", "sync.py", [], ["--events", "5000"]),
     ("gossip", "gossip.py", [], ["--seconds", "10"]),
     ("query", "query.py", [], ["--records", "5000"]),
-    ("attest", "attest.py", [], ["--records", "100000"]),
+    ("attest", "attest.py", [], ["--tree-records", "100000"]),
 ]
 
 
