@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 from pathlib import Path
@@ -87,6 +88,10 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         if isinstance(leaf, TransportError):
             raise CliError(f"the network layer failed to start: {leaf}",
                            hint="check [p2p] listen in the config") from exc
+        if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
+            raise CliError(f"cannot serve HTTP on {cfg.http.host}:{cfg.http.port}: the port "
+                           "is in use", hint="stop the other program, or set [http] port in "
+                           "the config (0 picks a free port)") from exc
         raise
     return 0
 

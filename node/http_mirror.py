@@ -935,6 +935,22 @@ def _list_html(values: Any, render: Callable[[Any], str]) -> str:
 # ---------------------------------------------------------------- status page
 
 
+def _last_sync(last: Any) -> str:
+    """The daemon's ``sync.last`` figures: when, and with which peer."""
+    if not isinstance(last, Mapping):
+        return '<span class="muted">never</span>'
+    return (f'{_when(last.get("at"))} <span class="muted">with</span> '
+            f'{_short_id(last.get("peer"), 16)} <span class="muted">('
+            f'{_e(last.get("fetched_new"))} fetched, {_e(last.get("pushed"))} pushed)</span>')
+
+
+def _source(value: Any) -> str:
+    """``sync:PEER`` / ``gossip:PEER`` with the peer id shortened (full in the tooltip)."""
+    text = _fmt(value)
+    kind, sep, peer = text.partition(":")
+    return f"{_e(kind)}:{_short_id(peer, 12)}" if sep and len(peer) > 14 else _e(text)
+
+
 def _status_body(status: Mapping[str, Any], peers: list[dict[str, Any]],
                  recent: list[dict[str, Any]], base_url: str) -> str:
     out = ['<h1>Node status</h1>',
@@ -967,21 +983,21 @@ def _status_body(status: Mapping[str, Any], peers: list[dict[str, Any]],
     ])) + _card("Sync and gossip", _dl([
         ("Sync rounds", _e(sync.get("rounds"))),
         ("Sync errors", _e(sync.get("errors"))),
-        ("Last sync", _when(sync.get("last")) if sync.get("last") is not None
-         else '<span class="muted">never</span>'),
-        ("Gossip in / out", f'{_e(gossip.get("in"))} / {_e(gossip.get("out"))}'),
+        ("Last sync", _last_sync(sync.get("last"))),
+        ("Gossip events in / out",
+         f'{_e(gossip.get("events_in"))} / {_e(gossip.get("events_out"))}'),
         ("Gossip rejected", _e(gossip.get("rejected"))),
     ])) + "</div>")
     out.append(_card("Peers", _table(
-        ("Peer", "State", "Addresses", "Last sync", "Received", "Rejected"),
+        ("Peer", "State", "Addresses", "Last sync", "Received", "Sync errors"),
         [[_short_id(p.get("peer_id"), 16),
           _badge("connected", "ok") if p.get("connected") else _badge("known", "neutral"),
           _list_html(p.get("addrs"), lambda a: f'<code class="hash">{_e(a)}</code>'),
-          _when(p.get("last_sync")), _e(p.get("received")), _e(p.get("rejected"))]
+          _when(p.get("last_sync")), _e(p.get("received")), _e(p.get("sync_errors"))]
          for p in peers], empty="No peers yet."), len(peers)))
     out.append(_card("Recent events", _table(
         ("Received", "Type", "Record", "Event", "Source"),
         [[_when(r.get("received_at")), _e(r.get("event_type")), _record_link(r.get("subject")),
-          _short_id(r.get("event_id")), _e(r.get("source"))] for r in recent],
+          _short_id(r.get("event_id")), _source(r.get("source"))] for r in recent],
         empty="No events received yet.")))
     return "".join(out)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import multiaddr
 import trio
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -106,6 +108,42 @@ def _swarm_of(host: IHost) -> Swarm:
     if not isinstance(network, Swarm):
         raise TransportError(f"expected a libp2p Swarm, got {type(network).__name__}")
     return network
+
+
+class _GuardedPubsub(Pubsub):
+    """py-libp2p's Pubsub with two faults of 0.8.1 closed (P13).
+
+    * Its per-peer sending loop and GossipSub (flushing pending and recent messages) write
+      RPCs to the same stream from different tasks; a large RPC goes out as several yamux
+      frames, so two writes can interleave and the peer reads garbage. Writes to one
+      stream are serialised here.
+    * Its inbound handler catches StreamError, ParseError and IncompleteReadError but not
+      protobuf's DecodeError: one malformed RPC from any peer escapes into the Swarm and
+      stops the whole node. Such a peer's stream is reset and the peer dropped instead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary())
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            return await super().write_msg(stream, rpc_msg)
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        try:
+            await super().stream_handler(stream)
+        except ProtobufDecodeError:
+            peer = stream.muxed_conn.peer_id
+            log.info("pubsub: peer %s sent a malformed RPC; its stream is reset",
+                     str(peer)[-6:])
+            with trio.CancelScope(shield=True):
+                await stream.reset()
+            self._handle_dead_peer(peer)
 
 
 def _pubsub_queue_depths(pubsub: Pubsub) -> list[int]:
@@ -300,7 +338,7 @@ class Libp2pTransport:
             spam_protection_enabled=False,  # P1: 10 msg/s cap, own publishes included
             adaptive_gossip_enabled=False,  # P4: stretches the heartbeat to 60 s
         )
-        self._pubsub = Pubsub(self._host, self._router)
+        self._pubsub = _GuardedPubsub(self._host, self._router)
         self._counters = Counters()
         self._events = PeerEventHub(self._config.peer_event_buffer, self._counters)
         self._connected: set[PeerId] = set()

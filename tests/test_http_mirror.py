@@ -263,8 +263,12 @@ class FakeMirrorNode:
             "invalid": sum(len(r.view.invalid_events) for r in self.records.values()),
             "peers": 2, "listen_addrs": ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/tcp/4001"],
             "http_url": "http://127.0.0.1:0", "socket_path": "/tmp/pithnode.sock",
-            "sync": {"rounds": 42, "errors": 1, "last": "2026-05-19T20:12:26Z"},
-            "gossip": {"in": 310, "out": 205, "rejected": 3},
+            # the shape node/daemon.py Node.status() returns
+            "sync": {"rounds": 42, "errors": 1, "fetched": 7, "pushed": 2,
+                     "last": {"peer": "12D3KooWPeerAlpha111111111111111111111111111111",
+                              "at": 1779221546.0, "fetched_new": 7, "pushed": 2}},
+            "gossip": {"messages_in": 31, "messages_out": 20, "events_in": 310,
+                       "events_new": 300, "events_out": 205, "rejected": 3},
         }
 
     async def peers(self) -> list[dict[str, Any]]:
@@ -847,7 +851,8 @@ async def test_status_page(api: FakeMirrorNode, client: httpx.AsyncClient, url: 
     assert "1 / 2 Peers connected" in text and "1 h 02 min" in text
     assert "12D3KooWPeer<b>Beta</b>" in r.text.replace("&lt;", "<").replace("&gt;", ">")
     assert "<b>Beta</b>" not in r.text
-    assert "Sync rounds 42" in text and "Gossip in / out 310 / 205" in text
+    assert "Sync rounds 42" in text and "Gossip events in / out 310 / 205" in text
+    assert "Last sync 2026-05-19 20:12:26 with" in text and "(7 fetched, 2 pushed)" in text
     assert "/ip4/127.0.0.1/tcp/4001" in text and url in text
     assert "Recent events" in text and "mirror_hint" in text and "record_created" in text
     assert "import <script>" in text and "script" not in page.tags
