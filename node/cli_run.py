@@ -104,13 +104,15 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 async def _main(node: Node, ctx: Context) -> None:
-    async with trio.open_nursery() as nursery:
-        ready = await nursery.start(node.run)
-        ctx.stdout.write(ready.line() + "\n")
-        if ready.http:
-            ctx.stdout.write(f"open {ready.http}/ in a browser\n")
-        ctx.stdout.flush()
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # The handlers go in before the ready line: whoever reads that line may signal at once
+    # (a supervisor, a test harness), and must get a clean stop, not the default action.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            ready = await nursery.start(node.run)
+            ctx.stdout.write(ready.line() + "\n")
+            if ready.http:
+                ctx.stdout.write(f"open {ready.http}/ in a browser\n")
+            ctx.stdout.flush()
             async for signum in signals:
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
