@@ -22,6 +22,7 @@ from pithnode.protocol.events import Event
 from pithnode.protocol.negentropy import Negentropy, NegentropyError, VectorStorage
 from pithnode.protocol.wire import (
     MAX_EVENTS_PER_FRAME,
+    MAX_GETS_IN_FLIGHT,
     MAX_IDS_PER_GET,
     Frame,
     Role,
@@ -40,6 +41,8 @@ SYNC_PROTOCOL = "/pith/sync/1.0.0"
 MAX_FRAME_EVENT_BYTES = 512 * 1024
 #: Negentropy rounds one session may take before it is abandoned.
 MAX_ROUNDS = 10_000
+#: Decoded ``events`` frames that may wait for the store while the next ones arrive.
+INGEST_QUEUE_FRAMES = 2
 
 
 class SyncStore(Protocol):
@@ -101,6 +104,13 @@ def _chunks(raw: Sequence[bytes]) -> list[list[bytes]]:
         out[-1].append(data)
         size += len(data)
     return out
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class SyncEngine:
@@ -170,11 +180,7 @@ class SyncEngine:
         need = list(dict.fromkeys(need))
         have = list(dict.fromkeys(have))
         result.have, result.need = len(have), len(need)
-        for i in range(0, len(need), self.fetch_batch):
-            wanted = need[i:i + self.fetch_batch]
-            await self._send(stream, result, encode_frame("get", ids=wanted))
-            machine.sent_get()
-            await self._receive_events(stream, machine, result, set(wanted), scope, peer)
+        await self._fetch(stream, machine, result, need, scope, peer)
         for i in range(0, len(have), self.fetch_batch):
             raw = await self.store.raw_events(have[i:i + self.fetch_batch])
             for chunk in _chunks(raw):
@@ -188,9 +194,44 @@ class SyncEngine:
         with trio.move_on_after(self.timeout_s):
             await stream.close()
 
+    async def _fetch(self, stream: Stream, machine: SessionMachine, result: SyncResult,
+                     need: Sequence[bytes], scope: Sequence[str], peer: str) -> None:
+        """Fetch ``need`` in gets of ``fetch_batch`` ids, up to MAX_GETS_IN_FLIGHT of them
+        outstanding, while a second task ingests what has arrived (at most
+        INGEST_QUEUE_FRAMES decoded frames wait for it, so memory stays bounded)."""
+        gets = [need[i:i + self.fetch_batch] for i in range(0, len(need), self.fetch_batch)]
+        if not gets:
+            return
+        send_q, recv_q = trio.open_memory_channel[list[Event]](INGEST_QUEUE_FRAMES)
+
+        async def ingest() -> None:
+            async with recv_q:
+                async for events in recv_q:
+                    new, _dup, rejected = await self.store.ingest_events(
+                        self._scope_filter(events, scope), source=f"sync:{peer}")
+                    result.fetched_new += new
+                    result.rejected += rejected
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ingest)
+                async with send_q:
+                    sent = 0
+                    for wanted in gets:
+                        while sent < len(gets) and machine.gets_in_flight < MAX_GETS_IN_FLIGHT:
+                            await self._send(stream, result,
+                                             encode_frame("get", ids=gets[sent]))
+                            machine.sent_get()
+                            sent += 1
+                        await self._receive_events(stream, machine, result, set(wanted),
+                                                   send_q)
+        except BaseExceptionGroup as group:  # one task failed: raise its error as it is
+            raise _sole(group) from None
+
     async def _receive_events(self, stream: Stream, machine: SessionMachine,
-                              result: SyncResult, wanted: set[bytes], scope: Sequence[str],
-                              peer: str) -> None:
+                              result: SyncResult, wanted: set[bytes],
+                              out: trio.MemorySendChannel[list[Event]]) -> None:
+        """The events and end answering one get; decoded batches go to ``out``."""
         received = 0
         while True:
             frame = await self._recv(stream, machine, result)
@@ -204,10 +245,7 @@ class SyncEngine:
             for ev in events:
                 if bytes.fromhex(ev.event_id.removeprefix("sha256:")) not in wanted:
                     raise ProtocolError(f"peer sent an event we did not ask for: {ev.event_id}")
-            new, _dup, rejected = await self.store.ingest_events(
-                self._scope_filter(events, scope), source=f"sync:{peer}")
-            result.fetched_new += new
-            result.rejected += rejected
+            await out.send(events)
 
     # -- responder ---------------------------------------------------------------------------
     async def handle_stream(self, stream: Stream) -> SyncResult:

@@ -8,7 +8,8 @@ Sync session over one stream (``/pith/sync/1.0.0``), initiator I and responder R
 
     I: hello{prefixes}            R: hello{prefixes}
     I: neg{m}                     R: neg{m}            (until I's Negentropy is done)
-    I: get{ids}                   R: events{events}... then end{count}   (repeat, bounded)
+    I: get{ids}                   R: events{events}... then end{count}   (repeat, bounded;
+                                  up to MAX_GETS_IN_FLIGHT gets pipelined, answered in order)
     I: put{events}                R: ack{new, duplicate, rejected}       (repeat, bounded)
     I: done                       R: done
 
@@ -33,6 +34,7 @@ from .events import MAX_EVENT_BYTES, Event, event_from_json
 __all__ = [
     "GOSSIP_VERSION",
     "MAX_FRAME_BYTES",
+    "MAX_GETS_IN_FLIGHT",
     "MAX_GOSSIP_BYTES",
     "MAX_GOSSIP_EVENTS",
     "MAX_IDS_PER_GET",
@@ -234,12 +236,22 @@ _TRANSITIONS: Mapping[tuple[Role, SyncState, str], SyncState] = {
 }
 
 
+#: ``get`` requests an initiator may have outstanding at once (the responder answers them in
+#: order, so fetching overlaps with ingesting what already arrived).
+MAX_GETS_IN_FLIGHT = 4
+
+
 class SessionMachine:
-    """Which frame may come next. ``receive`` returns the frame or raises."""
+    """Which frame may come next. ``receive`` returns the frame or raises.
+
+    An initiator may pipeline up to :data:`MAX_GETS_IN_FLIGHT` ``get`` requests; each is
+    answered by ``events`` frames and one ``end``, in the order the gets were sent.
+    """
 
     def __init__(self, role: Role) -> None:
         self.role = role
         self.state = SyncState.HELLO
+        self.gets_in_flight = 0
 
     def receive(self, data: bytes) -> Frame:
         frame = decode_frame(data)
@@ -248,14 +260,22 @@ class SessionMachine:
         nxt = _TRANSITIONS.get((self.role, self.state, frame.kind))
         if nxt is None:
             raise UnexpectedMessage(self.state, frame.kind)
+        if self.state is SyncState.RECEIVING and frame.kind == "end":
+            self.gets_in_flight -= 1
+            if self.gets_in_flight:
+                nxt = SyncState.RECEIVING
         self.state = nxt
         return frame
 
     def sent_get(self) -> None:
-        """Initiator: a get was sent; events and an end must follow."""
+        """Initiator: a get was sent; events and an end must follow (after those of the
+        gets still in flight)."""
         if self.role is not Role.INITIATOR or self.state not in (
-                SyncState.RECONCILING, SyncState.TRANSFER):
+                SyncState.RECONCILING, SyncState.TRANSFER, SyncState.RECEIVING):
             raise ProtocolError(f"cannot send get in state {self.state.name}")
+        if self.gets_in_flight >= MAX_GETS_IN_FLIGHT:
+            raise ProtocolError(f"more than {MAX_GETS_IN_FLIGHT} gets in flight")
+        self.gets_in_flight += 1
         self.state = SyncState.RECEIVING
 
     def reconciled(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import cbor2
@@ -94,6 +94,50 @@ async def test_partial_mirrors_exchange_only_records_in_scope() -> None:
     target = MemStore(SPEC)
     await run_sync(target, extra, prefixes_b=(prefix,))
     assert target.ids() == in_scope
+
+
+class _CountingStream:
+    """A responder's stream that counts the ``get`` frames it has read."""
+
+    def __init__(self, inner: Stream, gets_seen: Callable[[int], None]) -> None:
+        self._inner, self._gets_seen, self.gets = inner, gets_seen, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def receive_frame(self) -> bytes:
+        data = await self._inner.receive_frame()
+        if cbor2.loads(data).get("t") == "get":
+            self.gets += 1
+            self._gets_seen(self.gets)
+        return data
+
+
+async def test_fetches_are_pipelined_while_the_first_batch_is_ingested() -> None:
+    """The first ingest waits until the responder has read three gets: a fetch loop that
+    ingested each batch before asking for the next would never get there and time out."""
+    three_gets = trio.Event()
+
+    class SlowStore(MemStore):
+        async def ingest_events(self, events: Sequence[Event], *, source: str
+                                ) -> tuple[int, int, int]:
+            await three_gets.wait()
+            return await super().ingest_events(events, source=source)
+
+    full, empty = MemStore(SPEC, ALL), SlowStore(SPEC)
+    eng_b = engine(full)
+
+    async def handle(stream: Stream) -> None:
+        await eng_b.handle_stream(_CountingStream(  # type: ignore[arg-type]
+            stream, lambda n: three_gets.set() if n >= 3 else None))
+
+    async with pair(handle) as (a, b, _):
+        with trio.fail_after(30):
+            stream = await a.open_stream(b.peer_id, SYNC_PROTOCOL)
+            await SyncEngine(empty, prefixes=(), timeout_s=5.0, fetch_batch=10,
+                             frame_size_limit=4096).sync_with(b.peer_id, stream)
+    assert empty.ids() == full.ids()
+    assert empty.states() == full.states()
 
 
 async def _expect_failure(handler: Callable[[Stream], object], timeout: float = 5.0) -> MemStore:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pithnode.protocol.errors import InputError, ProtocolError
 from pithnode.protocol.wire import (
     MAX_FRAME_BYTES,
+    MAX_GETS_IN_FLIGHT,
     MAX_GOSSIP_BYTES,
     Role,
     SessionMachine,
@@ -118,6 +119,25 @@ def test_session_machine_follows_the_table() -> None:
     r.receive(encode_frame("done"))
     i.receive(encode_frame("done"))
     assert i.state is SyncState.DONE and r.state is SyncState.DONE
+
+
+def test_initiator_pipelines_gets_up_to_the_limit_and_ends_come_in_order() -> None:
+    i = SessionMachine(Role.INITIATOR)
+    i.receive(encode_frame("hello", prefixes=()))
+    i.receive(encode_frame("neg", m=b"\x61"))
+    i.reconciled()
+    for _ in range(MAX_GETS_IN_FLIGHT):
+        i.sent_get()
+    with pytest.raises(ProtocolError, match="in flight"):
+        i.sent_get()
+    assert i.gets_in_flight == MAX_GETS_IN_FLIGHT
+    for left in range(MAX_GETS_IN_FLIGHT - 1, -1, -1):
+        i.receive(encode_frame("events", events=[]))
+        i.receive(encode_frame("end", count=0))
+        assert i.gets_in_flight == left
+        assert i.state is (SyncState.RECEIVING if left else SyncState.TRANSFER)
+    with pytest.raises(UnexpectedMessage):  # no get outstanding: an end is out of place
+        i.receive(encode_frame("end", count=0))
 
 
 @pytest.mark.parametrize(("role", "kind"), [
