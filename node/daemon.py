@@ -275,8 +275,12 @@ class Node:
             info = self._peer(str(event.peer))
             if event.kind is PeerEventKind.CONNECTED:
                 info.connected, info.connected_since = True, self.wall()
-                assert self._nursery is not None
-                self._nursery.start_soon(self._sync_quietly, event.peer)
+                # one session per new connection, opened by the side whose peer id sorts
+                # first (a session moves events both ways); the periodic loop covers the
+                # case where that session fails
+                if str(self.transport.peer_id) < str(event.peer):
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._sync_quietly, event.peer)
             else:
                 info.connected = False
             self.metrics.peers_connected.set(len(self.transport.connected_peers()))
