@@ -28,7 +28,7 @@ from .receipts import check_record_created
 from .spec import MERGE_VERSION, STATE_VERSION, NetworkSpec
 from .state import StateDocument, build_state
 
-__all__ = ["Admission", "admission_from_import", "merge"]
+__all__ = ["Admission", "admission_from_import", "merge", "precheck", "record_created_reason"]
 
 ALIAS_KEYS = ("alias_kind", "alias_value", "created_at")
 T = TypeVar("T")
@@ -102,6 +102,28 @@ def _admission(ev: Event, spec: NetworkSpec) -> Admission | None:
     return Admission(events, tuple(aliases), by=ev.event_id)
 
 
+def record_created_reason(ev: Event, subject: str, spec: NetworkSpec) -> str | None:
+    """The receipt check of a ``record_created`` event (its Pith Number and the registry's
+    signature), cached on the spec. Thread-safe: the store calls it from its checking
+    threads, where the signature check runs beside the write path, before merging."""
+    return _memo(spec, ("record_created", canonical_json(
+        [ev.payload, subject, ev.signer.key_id]).hex()),
+        lambda: check_record_created(ev.payload, subject, ev.signer.key_id, spec))
+
+
+def precheck(ev: Event, spec: NetworkSpec) -> None:
+    """Run the cached checks a merge of ``ev`` will ask for (receipts of ``record_created``
+    events, its own or those an import attestation carries), so that they are done where
+    this is called -- the store's checking threads -- rather than in the merge."""
+    if ev.event_type == "record_created":
+        record_created_reason(ev, ev.subject, spec)
+    elif ev.event_type == "registry_import":
+        adm = admission_from_import(ev, spec)
+        for e in adm.events if adm is not None else ():
+            if e.event_type == "record_created":
+                record_created_reason(e, ev.subject, spec)
+
+
 def _content_key(ev: Event) -> bytes:
     return canonical_json([ev.event_type, ev.subject, ev.state_entry()])
 
@@ -147,9 +169,7 @@ def _validate(ev: Event, subject: str, spec: NetworkSpec, verify_signatures: boo
         if allowed is not None and ev.signer.public_key_fingerprint not in allowed:
             return "signer_not_authorised"
     if ev.event_type == "record_created":
-        return _memo(spec, ("record_created", canonical_json(
-            [ev.payload, subject, ev.signer.key_id]).hex()),
-            lambda: check_record_created(ev.payload, subject, ev.signer.key_id, spec))
+        return record_created_reason(ev, subject, spec)
     if ev.signature is None:  # registry payloads: Pith's own schema, objects only
         return None if isinstance(ev.payload, dict) else "bad_payload"
     return "bad_payload" if check_payload(ev.event_type, ev.payload) is not None else None

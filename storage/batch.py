@@ -21,6 +21,7 @@ from pithnode.protocol.errors import InputError
 from pithnode.protocol.events import MAX_EVENT_BYTES, Event
 from pithnode.protocol.identifiers import parse_pith_number
 from pithnode.protocol.ingest import accept
+from pithnode.protocol.merge import precheck
 from pithnode.protocol.spec import NetworkSpec
 
 from .codec import encode_event
@@ -176,6 +177,8 @@ def check_item(it: Item, spec: NetworkSpec) -> None:
         reason = accept(it.ev, spec)
         if reason is None:
             reason, it.created_s, it.canonical = store_rule(it.ev)
+        if reason is None:
+            precheck(it.ev, spec)
     except (TypeError, ValueError):  # a payload with no canonical JSON form
         reason = "not_canonical"
     if reason is None and it.eid is None:  # accept() checked the id; defensive

@@ -28,12 +28,14 @@ __all__ = [
     "MaterialisedState",
     "alias_rows",
     "carried_ids",
+    "encode_state",
     "load_events",
     "materialise",
     "prefix_alias_rows",
     "raw_event_id",
     "spec_digest",
     "write_state",
+    "write_states",
 ]
 
 ORIGIN_PITH = 0
@@ -147,27 +149,52 @@ def materialise(subject: str, events: Sequence[tuple[bytes, Event]],
     return MaterialisedState(state, state.served_bytes(), fingerprint, len(events))
 
 
+#: Record ids per ``IN (...)`` list (well under SQLite's 32766 host parameters).
+_IDS_PER_STATEMENT = 900
+
+
+def encode_state(served: bytes) -> tuple[int, bytes, bytes]:
+    """``(codec, blob, sha256)`` of a served state; zlib and hashlib release the GIL, so
+    this may run in a helper thread while the next record is merged."""
+    codec, blob = encode_bytes(served)
+    return codec, blob, hashlib.sha256(served).digest()
+
+
 def write_state(conn: sqlite3.Connection, record_id: int, m: MaterialisedState) -> None:
     """Replace a record's materialised state, invalid events and state-derived aliases."""
-    doc = m.doc
-    codec, blob = encode_bytes(m.served)
-    conn.execute(
+    write_states(conn, [(record_id, m, encode_state(m.served))])
+
+
+def write_states(conn: sqlite3.Connection,
+                 states: Sequence[tuple[int, MaterialisedState, tuple[int, bytes, bytes]]]
+                 ) -> None:
+    """:func:`write_state` for many records in a few statements; each entry is
+    ``(record id, state, encode_state(state.served))``."""
+    rows, invalid, aliases = [], [], []
+    for record_id, m, (codec, blob, data_sha) in states:
+        doc = m.doc
+        rows.append((record_id, bytes.fromhex(m.state.state_sha256), bytes.fromhex(m.fingerprint),
+                     m.stored_events, doc["event_count"], doc["valid_event_count"],
+                     doc["invalid_event_count"], doc["equivocation_count"], codec,
+                     len(m.served), data_sha, blob))
+        invalid += [(record_id, raw, e["event_type"], e["reason"])
+                    for e in doc["invalid_events"]
+                    if (raw := raw_event_id(e["event_id"])) is not None]
+        aliases += alias_rows(record_id, doc["current"]["source_aliases"])
+    conn.executemany(
         "INSERT OR REPLACE INTO states (record, state_sha256, fingerprint, stored_events, "
         "event_count, valid_count, invalid_count, equivocation_count, codec, size, "
-        "data_sha256, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (record_id, bytes.fromhex(m.state.state_sha256), bytes.fromhex(m.fingerprint),
-         m.stored_events, doc["event_count"], doc["valid_event_count"],
-         doc["invalid_event_count"], doc["equivocation_count"], codec, len(m.served),
-         hashlib.sha256(m.served).digest(), blob))
-    conn.execute("DELETE FROM invalid_events WHERE record = ?", (record_id,))
-    invalid = [(record_id, raw, e["event_type"], e["reason"]) for e in doc["invalid_events"]
-               if (raw := raw_event_id(e["event_id"])) is not None]
+        "data_sha256, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    ids = [r[0] for r in rows]
+    for i in range(0, len(ids), _IDS_PER_STATEMENT):
+        chunk = ids[i:i + _IDS_PER_STATEMENT]
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM invalid_events WHERE record IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM aliases WHERE origin = ? AND record IN ({marks})",
+                     [ORIGIN_STATE, *chunk])
     if invalid:
         conn.executemany("INSERT OR REPLACE INTO invalid_events (record, eid, event_type, "
                          "reason) VALUES (?,?,?,?)", invalid)
-    aliases = doc["current"]["source_aliases"]
-    conn.execute("DELETE FROM aliases WHERE record = ? AND origin = ?", (record_id,
-                                                                          ORIGIN_STATE))
     if aliases:
         conn.executemany("INSERT OR IGNORE INTO aliases (kind, value, record, created_at, "
-                         "origin) VALUES (?,?,?,?,?)", alias_rows(record_id, aliases))
+                         "origin) VALUES (?,?,?,?,?)", aliases)

@@ -182,6 +182,7 @@ class Store:
             self._pool = None
         self._readers.close()
         with self._write_lock:
+            self._writer_state.close()
             if self._w is not None:
                 self._w.close()
                 self._w = None

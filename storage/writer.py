@@ -11,12 +11,20 @@ from __future__ import annotations
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from pithnode.protocol.events import Event
 from pithnode.protocol.spec import NetworkSpec
 
 from .batch import Batch, Item
-from .materialise import carried_ids, load_events, materialise, prefix_alias_rows, write_state
+from .materialise import (
+    carried_ids,
+    encode_state,
+    load_events,
+    materialise,
+    prefix_alias_rows,
+    write_states,
+)
 from .migrate import translate
 
 __all__ = ["RECENT_MAX_EVENTS", "BatchWriter"]
@@ -29,6 +37,8 @@ Events = list[tuple[bytes, Event]]
 _LOOKUPS = ("event_types", "sources", "signers")
 #: Rows per multi-row INSERT (8 columns: well under SQLite's 32766 host parameters).
 _ROWS_PER_INSERT = 500
+#: Pith Numbers per ``IN (...)`` lookup.
+_IDS_PER_LOOKUP = 900
 
 
 def _insert_rows(conn: sqlite3.Connection, into: str, rows: Sequence[tuple[object, ...]]
@@ -53,6 +63,11 @@ class BatchWriter:
         self._ids: dict[str, dict[str | bytes, int]] = {t: {} for t in _LOOKUPS}
         self._recent: OrderedDict[int, Events] = OrderedDict()
         self._recent_events = 0
+        #: compresses and hashes served states while the next record is merged
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="store-state-encode")
+
+    def close(self) -> None:
+        self._encoder.shutdown(wait=True)
 
     def reset(self, conn: sqlite3.Connection) -> None:
         """Forget every cache (after a repair, or when opening)."""
@@ -74,8 +89,7 @@ class BatchWriter:
             conn.execute("BEGIN IMMEDIATE")
             sources = [self._id(conn, "sources", "name", s, pending)
                        for _, s, _ in batch.parts]
-            records = {subject: self._record_id(conn, subject)
-                       for subject in sorted({it.ev.subject for it in new})}
+            records, created = self._record_ids(conn, sorted({it.ev.subject for it in new}))
             first = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM objects").fetchone()[0]
             objects: list[tuple[object, ...]] = []
             events: list[tuple[object, ...]] = []
@@ -102,9 +116,13 @@ class BatchWriter:
             if carried:
                 conn.executemany("INSERT OR IGNORE INTO carried (import, eid) VALUES (?,?)",
                                  carried)
+            states = []
             for subject, record in records.items():
-                merged[record] = self._record_events(conn, record, fresh[record])
-                write_state(conn, record, materialise(subject, merged[record], self.spec))
+                merged[record] = (fresh[record] if record in created
+                                  else self._record_events(conn, record, fresh[record]))
+                m = materialise(subject, merged[record], self.spec)
+                states.append((record, m, self._encoder.submit(encode_state, m.served)))
+            write_states(conn, [(r, m, f.result()) for r, m, f in states])
             conn.execute("COMMIT")
             committed = True
         except sqlite3.Error as exc:
@@ -135,15 +153,29 @@ class BatchWriter:
         return got
 
     @staticmethod
-    def _record_id(conn: sqlite3.Connection, subject: str) -> int:
-        row = conn.execute("SELECT id FROM records WHERE pith = ?", (subject,)).fetchone()
-        if row is not None:
-            return int(row[0])
-        record = int(conn.execute("INSERT INTO records (pith) VALUES (?) RETURNING id",
-                                  (subject,)).fetchone()[0])
-        conn.executemany("INSERT OR IGNORE INTO aliases (kind, value, record, created_at, "
-                         "origin) VALUES (?,?,?,?,?)", prefix_alias_rows(record, subject))
-        return record
+    def _record_ids(conn: sqlite3.Connection, subjects: Sequence[str]
+                    ) -> tuple[dict[str, int], set[int]]:
+        """Ids of the records named by ``subjects`` (in their order), making the missing
+        ones with their Pith Number aliases; and the set of ids made here."""
+        known: dict[str, int] = {}
+        for i in range(0, len(subjects), _IDS_PER_LOOKUP):
+            chunk = subjects[i:i + _IDS_PER_LOOKUP]
+            known.update(conn.execute(
+                f"SELECT pith, id FROM records WHERE pith IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall())
+        created: set[int] = set()
+        aliases = []
+        for subject in subjects:
+            if subject not in known:
+                record = int(conn.execute("INSERT INTO records (pith) VALUES (?) RETURNING id",
+                                          (subject,)).fetchone()[0])
+                known[subject] = record
+                created.add(record)
+                aliases += prefix_alias_rows(record, subject)
+        if aliases:
+            conn.executemany("INSERT OR IGNORE INTO aliases (kind, value, record, created_at, "
+                             "origin) VALUES (?,?,?,?,?)", aliases)
+        return {subject: known[subject] for subject in subjects}, created
 
     def _record_events(self, conn: sqlite3.Connection, record: int, fresh: Events) -> Events:
         """Every stored event of a record in arrival order: from the recent-records cache

@@ -31,7 +31,7 @@ from pithnode.storage.errors import (
     StoreLocked,
     StoreMissing,
 )
-from pithnode.storage.materialise import write_state
+from pithnode.storage.materialise import write_states
 from pithnode.storage.store import MAX_BATCH_EVENTS, Store
 
 from .corpus import (
@@ -235,15 +235,13 @@ def test_a_failing_commit_leaves_nothing(store: Store, db: Path, keys: Keys,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     load(store, keys, recs[:1])
     before = dump(db)
-    calls = []
 
-    def fail_second(conn: sqlite3.Connection, record: int, m: object) -> None:
-        calls.append(record)
-        if len(calls) == 2:
-            raise StoreError("injected failure")
-        write_state(conn, record, m)  # type: ignore[arg-type]
+    def fail_midway(conn: sqlite3.Connection, states: list[object]) -> None:
+        assert len(states) == 2
+        write_states(conn, states[:1])  # type: ignore[arg-type]
+        raise StoreError("injected failure")
 
-    monkeypatch.setattr(writer, "write_state", fail_second)
+    monkeypatch.setattr(writer, "write_states", fail_midway)
     with pytest.raises(StoreError, match="injected"):
         store.ingest(recs[1].natives + recs[2].natives, source="x", received_at=T0)
     assert dump(db) == before
