@@ -313,6 +313,49 @@ async def test_corrupted_object_fails_its_audit_is_repaired_and_passes_the_next(
             restart_to_passed_everywhere_s=recovered)
 
 
+async def test_node_with_a_damaged_object_keeps_serving_a_late_peer_and_repairs_it(
+        cluster: Cluster) -> None:
+    """a and c hold the corpus; one bit of an object flips in a's store. A new node b,
+    linked to a alone, syncs with a: a neither fails the whole session nor stops (serving,
+    and pushing, the events b lacks means reading the damaged object); it serves what reads
+    intact, repairs the damaged event from c, and b ends with every event."""
+    pn = PNS[0]
+    with trio.fail_after(TEST_TIMEOUT_S):
+        a = cluster.add("a")
+        c = cluster.add("c", bootstrap=[a])
+        await start_star(cluster, a, [c])
+        await a.submit(CORPUS)
+        await Settle([a, c]).wait()
+        fa = await fingerprint(a)
+        attestation = signed_by((await state_doc(a, pn))["current"]["storage_attestations"],
+                                fa, "storage")[0]
+        sha = attestation["payload"]["object_sha256"]
+        await trio.to_thread.run_sync(corrupt_object, a.data_dir / "store.sqlite", sha)
+
+        t0 = trio.current_time()
+        b = cluster.add("b", bootstrap=[a])
+        await cluster.start(b)
+        total = await a.events_count()
+        counts: dict[str, int] = {}
+
+        async def b_has_everything() -> bool:
+            assert a.running, f"a stopped (rc={a.proc.returncode if a.proc else None})"
+            for node in (a, b, c):
+                counts[node.name] = await node.events_count()
+            return counts["b"] >= total and len(set(counts.values())) == 1
+
+        await wait_until(b_has_everything, SETTLE_TIMEOUT_S, what="b to get every event "
+                         "through a", describe=lambda: str(counts))
+        caught_up = trio.current_time() - t0
+        await Settle([a, b, c]).wait("the three nodes to converge")
+        assert a.running and (await b.status())["peers"] == 1
+        repairs = (await a.status())["attest"]["repairs"]
+        assert [r["outcome"] for r in repairs if r["outcome"] != "not_needed"] == ["repaired"]
+        got = await trio.to_thread.run_sync(read_object, a.data_dir, sha)
+        assert got is not None and hashlib.sha256(got).hexdigest() == sha
+    figures("damaged-serving", late_node_caught_up_s=caught_up)
+
+
 # -- equivocation, and checkpoints of converged nodes ----------------------------------------
 def claim(name: str, pn: str) -> Event:
     """An author's claim; two of them with the same time are an equivocation."""
