@@ -498,13 +498,15 @@ async def test_withheld_event_is_detected_and_reported_as_a_split_view(
         for node in (a, b):
             views = (await node.call("checkpoint.split_views"))["split_views"]
             (view,) = [v for v in views if v["peer"] == w.peer_id]
-            assert view["tree_size"] == len(PNS) and view["syncs"] == 2
+            # confirmed after two syncs; every later swap syncs twice more and recounts
+            assert view["tree_size"] == len(PNS) and view["syncs"] >= 2
             assert view["my_root"] != view["their_root"]
             assert view["differing_records"] == [{"pith_number": pn, "mine": ours,
                                                   "theirs": theirs}]
             assert pn in view["explanation"] and "withheld" in view["explanation"]
+            # between a and b, lag may be suspected for a round, never confirmed
             assert [v for v in views if v["peer"] != w.peer_id
-                    and v["status"] != "resolved"] == [], "no split view between a and b"
+                    and v["status"] == "confirmed"] == [], "no split view between a and b"
             assert (await node.status())["attest"]["split_views"] >= 1
             gone = await node.call("explain", {"id": hidden.event_id})
             assert not gone["known"], gone
