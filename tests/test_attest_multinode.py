@@ -154,12 +154,11 @@ class Settle:
                                 describe=lambda: self.last)
 
 
-async def start_line(cluster: Cluster, names: Sequence[str], **overrides: Any
-                     ) -> list[NodeProcess]:
+async def start_line(cluster: Cluster, names: Sequence[str]) -> list[NodeProcess]:
     """Start nodes, each bootstrapping from the one before (a line), and wait for links."""
     nodes: list[NodeProcess] = []
     for name in names:
-        node = cluster.add(name, bootstrap=nodes[-1:], **overrides)
+        node = cluster.add(name, bootstrap=nodes[-1:])
         await cluster.start(node)
         nodes.append(node)
     await cluster.wait_connected({n: 1 if i in (0, len(nodes) - 1) else 2
