@@ -91,22 +91,37 @@ class ReaderPool:
     def read(self, what: str, *, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection for one read; ``snapshot`` keeps all its queries on one snapshot.
 
-        ``sqlite3`` errors become store errors whose message starts with ``what``.
+        ``sqlite3`` errors become store errors whose message starts with ``what``. A read
+        that ends in an exception closes its connection instead of returning it to the
+        pool: a cursor the exception's traceback keeps alive (one raised from mid-way
+        through its rows, e.g. at a damaged object) holds a read snapshot open, which is
+        invisible to ``in_transaction`` outside a ``BEGIN``, and every later read on the
+        connection would see the store as it was then (a repair's deletions, for one).
         """
         if self._closed:
             raise StoreClosed("the store is closed")
         conn = self._get()
+        reusable = False
         try:
             if snapshot:
                 conn.execute("BEGIN")
             yield conn
+            reusable = True
         except sqlite3.Error as exc:
             raise translate(exc, what) from exc
         finally:
-            if conn.in_transaction:
+            if reusable and conn.in_transaction:
                 conn.execute("ROLLBACK")
-            if not self._closed:
+            if reusable and not self._closed:
                 self._idle.put(conn)
+            else:
+                self._discard(conn)
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        conn.close()  # statements still referenced are finalised when their cursors go
 
     def check(self) -> None:
         """Open one connection now (so a missing or foreign database fails early)."""

@@ -47,7 +47,8 @@ __all__ = [
 #: The ``pithnode`` command line, run with this interpreter.
 CLI = (sys.executable, "-m", "pithnode.node.cli")
 #: Environment variable: a command (split on spaces) to start nodes with instead of
-#: :data:`CLI`, e.g. under a profiler or with a patched transport.
+#: :data:`CLI`, e.g. under a profiler or with a patched transport. A node added with its own
+#: ``command`` (:meth:`Cluster.add`) uses that one instead.
 NODE_CMD_ENV = "PITHNODE_CLUSTER_NODE_CMD"
 READY_PREFIX = b"pithnode ready: "
 #: Seconds a node may take from exec to its ready line (5 starting at once on 2 cores).
@@ -88,6 +89,11 @@ class NodeSettings:
     #: the node's own signed events (mirror hints, attestations, audits): off, so the
     #: events a cluster holds are exactly the events a test or benchmark put in
     attest: bool = False
+    #: [attest] intervals and objects per challenge (the production defaults)
+    mirror_hint_interval_s: float = 3600.0
+    checkpoint_interval_s: float = 300.0
+    audit_interval_s: float = 120.0
+    audit_objects: int = 8
     log_level: str = "info"
 
 
@@ -120,6 +126,10 @@ def config_toml(port: int, bootstrap: Sequence[str], s: NodeSettings) -> str:
         "",
         "[attest]",
         f"enabled = {'true' if s.attest else 'false'}",
+        f"mirror_hint_interval_s = {s.mirror_hint_interval_s!r}",
+        f"checkpoint_interval_s = {s.checkpoint_interval_s!r}",
+        f"audit_interval_s = {s.audit_interval_s!r}",
+        f"audit_objects = {s.audit_objects}",
         "",
         "[log]",
         f'level = "{s.log_level}"',
@@ -180,14 +190,21 @@ def expected_states(events: Iterable[Event], spec: NetworkSpec) -> dict[str, str
 
 
 class NodeProcess:
-    """One ``pithnode run`` subprocess and its data directory (which outlives restarts)."""
+    """One ``pithnode run`` subprocess and its data directory (which outlives restarts).
+
+    ``settings`` may be replaced between a stop and the next start (the config file is
+    written at every start). ``command`` replaces the ``pithnode`` command line (and
+    :data:`NODE_CMD_ENV`) for this node only, e.g. a test entry module that starts a node
+    with a patched class; ``run --config ... --data-dir ...`` is appended to it.
+    """
 
     def __init__(self, name: str, data_dir: Path, settings: NodeSettings,
-                 bootstrap: Sequence[NodeProcess]) -> None:
+                 bootstrap: Sequence[NodeProcess], command: Sequence[str] = ()) -> None:
         self.name = name
         self.data_dir = data_dir
         self.settings = settings
         self.bootstrap_nodes = tuple(bootstrap)
+        self.command = tuple(command)
         self.port = 0
         self.proc: trio.Process | None = None
         self.ready: dict[str, Any] | None = None
@@ -256,7 +273,7 @@ class NodeProcess:
     async def _start_once(self) -> None:
         boot = [n.multiaddr for n in self.bootstrap_nodes]
         self.config_path.write_text(config_toml(self.port, boot, self.settings), "utf-8")
-        base = os.environ.get(NODE_CMD_ENV, "").split() or list(CLI)
+        base = list(self.command) or os.environ.get(NODE_CMD_ENV, "").split() or list(CLI)
         cmd = [*base, "run", "--config", str(self.config_path), "--data-dir",
                str(self.data_dir)]
         with open(self.log_path, "ab") as log:
@@ -422,13 +439,15 @@ class Cluster:
                 print(f"==== log tail of {node.name} ====\n{node.log_tail(40)}")
 
     def add(self, name: str, *, bootstrap: Sequence[NodeProcess] = (),
-            **overrides: Any) -> NodeProcess:
-        """Lay out a node's data directory (network.toml of the synth keys)."""
+            command: Sequence[str] = (), **overrides: Any) -> NodeProcess:
+        """Lay out a node's data directory (network.toml of the synth keys). ``overrides``
+        replace fields of the cluster's :class:`NodeSettings` for this node; ``command`` see
+        :class:`NodeProcess`."""
         data_dir = self.root / name
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "network.toml").write_text(self.spec_toml, "utf-8")
         settings = replace(self.settings, **overrides) if overrides else self.settings
-        node = NodeProcess(name, data_dir, settings, bootstrap)
+        node = NodeProcess(name, data_dir, settings, bootstrap, command)
         self.nodes.append(node)
         return node
 

@@ -336,6 +336,33 @@ async def test_corrupted_object_fails_its_audit_is_repaired_and_passes_the_next(
         assert metric(holder, "pithnode_store_repairs_total", {"outcome": "repaired"}) == 1
 
 
+async def test_a_damaged_object_neither_fails_a_sync_nor_escapes_it(tmp_path: Path) -> None:
+    async with running(tmp_path, 3) as net:
+        await settle(net)
+        natives = {hashlib.sha256(e.canonical_bytes()).hexdigest() for e in ALL
+                   if e.event_type != "registry_import"}
+        _, sha, _ = await attested_object(net.nodes[0], net.nodes[0], among=natives)
+        drop_object(net.nodes[1], sha)  # node 1 lacks the event: a sync moves it
+        corrupt_object(net.nodes[0], sha)  # and node 0's copy is damaged
+
+        # node 0 pushes what node 1 lacks, then serves what node 1 asks for: the damaged
+        # event is left out of both, the rest goes through, nothing is raised
+        pushed = await net.nodes[0].sync_with(net.peer(1))
+        fetched = await net.nodes[1].sync_with(net.peer(0))
+        assert (pushed.have, pushed.pushed, fetched.need, fetched.fetched_new) == (1, 0, 1, 0)
+        assert await read_object(net.nodes[1], sha) is None
+
+        # the damage was reported: node 0 drops the event and fetches it from node 2
+        holder = net.atts[0]
+        await until(net, lambda: _done(lambda: [r["outcome"] for r in holder.repairs]),
+                    "node 0's repair")
+        assert [(r["reason"], r["outcome"], r["dropped_events"])
+                for r in holder.repairs][:1] == [("store_damaged", "repaired", 1)]
+        assert await read_object(net.nodes[0], sha) is not None
+        await net.nodes[1].sync_with(net.peer(0))
+        assert await read_object(net.nodes[1], sha) is not None
+
+
 async def _done(outcomes: Callable[[], list[str]]) -> bool:
     await trio.lowlevel.checkpoint()
     return any(o != "not_needed" for o in outcomes())

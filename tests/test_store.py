@@ -457,6 +457,29 @@ def test_fsck_repair_drops_a_damaged_object(store: Store, db: Path, spec: Networ
     assert store.fsck().clean
 
 
+def test_a_read_failing_part_way_leaves_no_stale_snapshot(store: Store, db: Path, keys: Keys,
+                                                          recs: list[Record]) -> None:
+    """A read that raises at a damaged object part way through its rows must not put its
+    (pooled) connection back on the snapshot of that moment, while the exception, and the
+    cursor its traceback holds, live on: later reads would not see the repair."""
+    load(store, keys, recs[:3])
+    natives = [e for rec in recs[:3] for e in rec.natives]
+    ids = [bytes.fromhex(e.event_id[7:]) for e in natives]
+    victim = min(natives, key=lambda e: e.event_id)  # the first row of an eid lookup
+    conn = sqlite3.connect(db)
+    (object_id,) = conn.execute("SELECT id FROM events WHERE eid = ?",
+                                (bytes.fromhex(victim.event_id[7:]),)).fetchone()
+    conn.close()
+    sha, _ = flip(db, object_id, 17)
+    with pytest.raises(StoreError, match=sha) as failed:
+        store.raw_events(ids)
+    report = store.fsck(repair=True)
+    assert report.dropped_events == [victim.event_id]
+    assert store.events_by_ids([victim.event_id]) == []
+    assert len(store.raw_events(ids)) == len(ids) - 1
+    assert failed.value.__traceback__ is not None  # alive throughout
+
+
 def test_fsck_repair_rebuilds_indexes_and_states(store: Store, db: Path, spec: NetworkSpec,
                                                  keys: Keys, recs: list[Record]) -> None:
     load(store, keys, recs[:3])
