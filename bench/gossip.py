@@ -291,6 +291,10 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]
                "ms", peer=f"{cpu1 - cpu0:.1f} s over {args.nodes} nodes, submit to drain"),
         figure("drain after the last submit", round(drain, 2) if not math.isnan(drain)
                else "timed out", "s"),
+        figure("CPU ceiling of this machine for the cluster",
+               round((os.cpu_count() or 1) * len(events) / (cpu1 - cpu0))
+               if cpu1 > cpu0 else 0, "events/s",
+               peer=f"{os.cpu_count()} cores / CPU per event; every node stores every event"),
     ]
     return figures, details
 
