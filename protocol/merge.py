@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .canonical import canonical_json
+from .canonical import canonical_json, sha256_raw
 from .errors import InputError, ProtocolError
 from .events import (
     STATE_LISTS,
@@ -52,19 +52,25 @@ def _alias_ok(a: Any) -> bool:
             and all(isinstance(a[k], str) and 0 < len(a[k]) <= 256 for k in ALIAS_KEYS))
 
 
-#: Entries kept in a spec's memo before it is cleared.
-MEMO_LIMIT = 100_000
+#: Entries kept in a spec's memo (least recently used go first). An entry can hold a
+#: whole admission (decoded registry events), so this bounds memory to some tens of MB.
+MEMO_LIMIT = 4096
 
 
-def _memo(spec: NetworkSpec, key: tuple[str, str], compute: Callable[[], T]) -> T:
+def _memo(spec: NetworkSpec, key: tuple[str, bytes | str], compute: Callable[[], T]) -> T:
     """A pure result cached on the spec. Keys are content ids (a native event id names its
-    content), so a hit is the same computation on the same input."""
+    content, or a SHA-256 of the input), so a hit is the same computation on the same input.
+    Thread-safe: the store's checking threads fill it while the writer reads it."""
     memo = spec.memo
-    if key in memo:
-        return memo[key]  # type: ignore[no-any-return]
-    if len(memo) >= MEMO_LIMIT:
-        memo.clear()
-    value = memo[key] = compute()
+    with spec.memo_lock:
+        if key in memo:
+            memo.move_to_end(key)
+            return memo[key]  # type: ignore[no-any-return]
+    value = compute()
+    with spec.memo_lock:
+        memo[key] = value
+        while len(memo) > MEMO_LIMIT:
+            memo.popitem(last=False)
     return value
 
 
@@ -106,8 +112,8 @@ def record_created_reason(ev: Event, subject: str, spec: NetworkSpec) -> str | N
     """The receipt check of a ``record_created`` event (its Pith Number and the registry's
     signature), cached on the spec. Thread-safe: the store calls it from its checking
     threads, where the signature check runs beside the write path, before merging."""
-    return _memo(spec, ("record_created", canonical_json(
-        [ev.payload, subject, ev.signer.key_id]).hex()),
+    return _memo(spec, ("record_created", sha256_raw(canonical_json(
+        [ev.payload, subject, ev.signer.key_id]))),
         lambda: check_record_created(ev.payload, subject, ev.signer.key_id, spec))
 
 

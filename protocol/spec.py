@@ -7,7 +7,9 @@ a frozen dataclass; unknown keys are errors naming the section and key.
 
 from __future__ import annotations
 
+import threading
 import tomllib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,8 +81,12 @@ class NetworkSpec:
     allowed_signers: Mapping[str, frozenset[str]] = field(default_factory=dict)
     merge_version: str = MERGE_VERSION
     state_version: str = STATE_VERSION
-    #: memo of pure per-spec results (admissions, receipt checks), keyed by content ids
-    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: memo of pure per-spec results (admissions, receipt checks), keyed by content ids,
+    #: least recently used first (see ``protocol/merge.py``); a copy gets its own
+    memo: OrderedDict[Any, Any] = field(default_factory=OrderedDict, init=False,
+                                        compare=False, repr=False)
+    memo_lock: threading.Lock = field(default_factory=threading.Lock, init=False,
+                                      compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.merge_version != MERGE_VERSION:

@@ -39,8 +39,11 @@ APPLICATION_ID = int.from_bytes(b"PITH", "big")
 BUSY_TIMEOUT_MS = 10_000
 #: The WAL file is truncated back to this size after checkpoints.
 JOURNAL_SIZE_LIMIT = 64 << 20
-#: Page cache per connection, in KiB (negative cache_size means KiB).
-CACHE_KIB = 32 << 10
+#: Page cache of the write connection and of each read connection, in KiB (negative
+#: cache_size means KiB). Small: the OS page cache holds the file anyway, and every read
+#: connection of the pool keeps its own cache, which counts in the process' memory.
+CACHE_KIB = 8 << 10
+READ_CACHE_KIB = 2 << 10
 _STEP_RE = re.compile(r"([0-9]{4})_[a-z0-9_]+\.sql")
 
 
@@ -96,7 +99,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB if readonly else CACHE_KIB}")
         conn.execute("PRAGMA temp_store = MEMORY")
         if readonly:
             conn.execute("PRAGMA query_only = ON")

@@ -30,8 +30,9 @@ from .migrate import translate
 __all__ = ["RECENT_MAX_EVENTS", "BatchWriter"]
 
 #: Decoded events of recently merged records kept in memory, so re-merging a record that
-#: the previous batch touched decodes nothing.
-RECENT_MAX_EVENTS = 200_000
+#: a recent batch touched decodes nothing. A decoded event takes a few KB, so this keeps
+#: the cache to some tens of MB.
+RECENT_MAX_EVENTS = 8_000
 
 Events = list[tuple[bytes, Event]]
 _LOOKUPS = ("event_types", "sources", "signers")
