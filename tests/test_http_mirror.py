@@ -556,6 +556,67 @@ async def test_following_redirects_ends_on_identical_bytes(api: FakeMirrorNode,
     assert search.url == old.url
 
 
+SLASH_REDIRECTS = [
+    (b"/pith/" + G.encode() + b"/", b"/pith/" + G.encode()),
+    (b"/pith/" + G.encode() + b"/?id=%FF", b"/pith/" + G.encode() + b"?id=%FF"),
+    (b"/pith/%C3%A9/", b"/pith/%C3%A9"),  # escapes are kept exactly as sent
+    (b"/pith/%c3%a9/?q=%e2%80%94&x=%22%3C", b"/pith/%c3%a9?q=%e2%80%94&x=%22%3C"),
+    (b"/no/such/page/?a=b", b"/no/such/page?a=b"),
+]
+
+
+@pytest.mark.parametrize(("target", "location"), SLASH_REDIRECTS)
+async def test_trailing_slash_redirect_keeps_the_exact_bytes(url: str, target: bytes,
+                                                             location: bytes) -> None:
+    with trio.fail_after(TIMEOUT):
+        r = await raw_request(url, get(target))
+    assert r.status == 308 and r.body == b""
+    assert r.headers["location"].encode("latin-1") == location
+
+
+async def test_trailing_slash_on_an_undecodable_path_is_400(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        r = await raw_request(url, get(b"/pith/%FF/?id=%FF"))
+    assert_json_error(r.status, r.headers.get("content-type"), r.body, 400)
+    assert json.loads(r.body)["error"]["message"] == "the path is not UTF-8"
+    assert "location" not in r.headers
+
+
+async def asgi_get(app: Any, raw_path: bytes, query: bytes = b"") -> list[dict[str, Any]]:
+    """One request straight to the ASGI app, as a server that passes raw bytes would send it
+    (HTTP/1.1 servers refuse such targets before the app; HTTP/2 ones may not)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "2",
+               "method": "GET", "scheme": "http", "path": raw_path.decode("latin-1"),
+               "raw_path": raw_path, "query_string": query, "root_path": "", "headers": [],
+               "client": ("127.0.0.1", 4000), "server": ("127.0.0.1", 80)}, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize(("raw_path", "query"), [
+    (b"/pith/\xc3\xa9/", b""), (b"/pith/" + G.encode() + b"/", b"id=\xff"),
+    (b"/pith/\xff", b""), (b"/healthz", b"x=\xc3\xa9"), (b"/pith/a b", b""),
+    (b"/pith/" + G.encode() + b"/state.json", b"a=\x00"),
+])
+async def test_targets_that_are_not_visible_ascii_are_400(api: FakeMirrorNode, raw_path: bytes,
+                                                          query: bytes) -> None:
+    app = make_app(api, base_url="http://mirror.test", metrics=api.metrics)
+    with trio.fail_after(TIMEOUT):
+        start, body = await asgi_get(app, raw_path, query)
+    headers = dict(start["headers"])
+    assert_json_error(start["status"], headers[b"content-type"].decode(), body["body"], 400)
+    assert json.loads(body["body"])["error"]["message"] == (
+        "the request target may hold only visible ASCII; percent-encode other bytes")
+    assert b"location" not in headers
+
+
 # ---------------------------------------------------------------- conditional requests, HEAD
 
 
