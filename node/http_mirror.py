@@ -33,15 +33,14 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from hypercorn.config import Config
 
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.identifiers import normalise_alias, parse_pith_number
 
 from .api import NodeAPI, NotFound, RecordView
 from .errors import NodeError
+from .http_server import NOT_ASCII_TARGET, serve_asgi
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import NodeMetrics
 
@@ -156,8 +155,7 @@ def _parse_request(scope: Mapping[str, Any]) -> Request:
     if len(raw_path) + len(query) > MAX_PATH_BYTES:
         raise HttpError(414, f"request target longer than {MAX_PATH_BYTES} bytes")
     if _NOT_VISIBLE_ASCII.search(raw_path) or _NOT_VISIBLE_ASCII.search(query):
-        raise HttpError(400, "the request target may hold only visible ASCII; percent-encode "
-                             "other bytes")
+        raise HttpError(400, NOT_ASCII_TARGET)
     raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
     if (len(raw_headers) > MAX_HEADER_LINES
             or sum(len(n) + len(v) for n, v in raw_headers) > MAX_HEADER_BYTES):
@@ -486,7 +484,8 @@ async def serve_http(
     """Serve the mirror until cancelled; ``task_status.started(url)`` gives the bound URL.
 
     The listening socket is bound here (port 0 picks a free port atomically, read back with
-    ``getsockname``) and handed to hypercorn's trio worker, so the port is known before the
+    ``getsockname``) and handed to :func:`.http_server.serve_asgi` (hypercorn, with guards
+    that keep one client's request from stopping the server), so the port is known before the
     first request and the socket is closed when serving ends.
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -504,10 +503,8 @@ async def serve_http(
         shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
         url = f"http://{shown}:{bound_port}"
         app = make_app(api, base_url=base_url or url, metrics=metrics)
-        wrapped = wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(worker_serve, wrapped, config,
-                                        sockets=Sockets([], [sock], [])))
+            await nursery.start(serve_asgi, cast("ASGIFramework", app), config, sock)
             log.info("HTTP mirror listening on %s", url)
             task_status.started(url)
     finally:

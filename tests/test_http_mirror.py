@@ -27,8 +27,10 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from pithnode.node import http_server
 from pithnode.node.api import NotFound, RecordView, SubmitOutcome
 from pithnode.node.http_mirror import MAX_PATH_BYTES, make_app, serve_http
+from pithnode.node.http_server import NOT_ASCII_TARGET
 from pithnode.node.metrics import NodeMetrics
 from pithnode.node.synth import REGISTRY_KEY_ID, REGISTRY_SIGNER_ID, SynthKeys, synth_keys
 from pithnode.protocol.bundle import build_bundle, parse_bundle
@@ -48,6 +50,7 @@ from pithnode.protocol.merge import merge
 from pithnode.protocol.receipts import check_record_created
 from pithnode.protocol.spec import NetworkSpec, spec_from_toml
 from pithnode.protocol.state import CURRENT_LISTS, parse_state
+from tests.h2_client import H2Client, h2_request_headers
 
 TIMEOUT = 10
 
@@ -612,8 +615,7 @@ async def test_targets_that_are_not_visible_ascii_are_400(api: FakeMirrorNode, r
         start, body = await asgi_get(app, raw_path, query)
     headers = dict(start["headers"])
     assert_json_error(start["status"], headers[b"content-type"].decode(), body["body"], 400)
-    assert json.loads(body["body"])["error"]["message"] == (
-        "the request target may hold only visible ASCII; percent-encode other bytes")
+    assert json.loads(body["body"])["error"]["message"] == NOT_ASCII_TARGET
     assert b"location" not in headers
 
 
@@ -998,6 +1000,98 @@ async def test_port_zero_reports_the_bound_port_and_closes_it(api: FakeMirrorNod
             nursery.cancel_scope.cancel()
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", int(first.rsplit(":", 1)[1]))
+
+
+# ---------------------------------------------------------------- HTTP/2
+
+NOT_ASCII = {"status": 400, "message": NOT_ASCII_TARGET}
+H2_REFUSED = [
+    # what hypercorn cannot build a request of: answered 400 before it tries
+    (h2_request_headers(b"/pith/\xc3\xa9"), None, NOT_ASCII),
+    (h2_request_headers(b"/pith/" + G.encode() + b"/?id=\xff"), None, NOT_ASCII),
+    (h2_request_headers(b"/\x80", b"POST"), b"x" * 50_000, NOT_ASCII),  # with a body
+    (h2_request_headers(b"/", b"G\xc3\x89T"), None,
+     {"status": 400, "message": "the request method must be ASCII"}),
+    ([(b":method", b"CONNECT"), (b":authority", b"mirror.test:443")], None,
+     {"status": 400, "message": "an HTTP/2 request to this mirror needs a :path"}),
+]
+
+
+@pytest.mark.parametrize(("headers", "body", "error"), H2_REFUSED,
+                         ids=["path", "query", "body", "method", "connect"])
+async def test_http2_requests_hypercorn_cannot_build_get_400(
+        url: str, headers: list[tuple[bytes, bytes]], body: bytes | None,
+        error: dict[str, Any]) -> None:
+    with trio.fail_after(TIMEOUT):
+        client = await H2Client.open(url)
+        try:
+            bad = await client.response(await client.request(headers, body))
+            for _ in range(4 if body is not None else 0):  # a refused body must not use
+                # up the connection's window (its first frame comes with the headers)
+                again = await client.response(await client.request(headers, body))
+                assert (again.status, again.body) == (bad.status, bad.body)
+            # the connection carries on with its other streams
+            ok = await client.response(await client.request(
+                h2_request_headers(f"/pith/{G}/state.json".encode())))
+            # more than the 64 KiB connection window was sent: the server gave it back
+            assert client.conn.outbound_flow_control_window > 0
+        finally:
+            await client.aclose()
+    assert bad.status == 400 and bad.headers[b"content-type"] == b"application/json"
+    assert json.loads(bad.body) == {"error": error}
+    assert bad.headers[b"content-length"] == str(len(bad.body)).encode()
+    assert ok.status == 200 and ok.body == GOLDEN.read_bytes()
+
+
+async def test_http2_head_with_a_non_ascii_path_gets_400_without_a_body(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        client = await H2Client.open(url)
+        try:
+            head = await client.response(await client.request(
+                h2_request_headers(b"/\xff", b"HEAD")))
+        finally:
+            await client.aclose()
+    assert (head.status, head.body, head.ended) == (400, b"", True)
+    assert head.headers[b"content-length"] == b"0"
+
+
+async def test_http2_requests_the_app_sees_are_checked_by_the_app(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        client = await H2Client.open(url)
+        try:
+            control = await client.response(await client.request(
+                h2_request_headers(b"/pith/\x01")))
+            slash = await client.response(await client.request(
+                h2_request_headers(b"/pith/%C3%A9/?q=%FF")))
+            header = await client.response(await client.request(
+                [*h2_request_headers(b"/healthz"), (b"x-name", b"\xc3\xa9\xff")]))
+        finally:
+            await client.aclose()
+    assert control.status == 400 and json.loads(control.body)["error"] == NOT_ASCII
+    assert slash.status == 308 and slash.headers[b"location"] == b"/pith/%C3%A9?q=%FF"
+    assert header.status == 200
+
+
+async def test_a_connection_that_fails_inside_the_server_ends_alone(
+        url: str, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever else goes wrong inside hypercorn ends that connection, not the server."""
+    async def broken(self: object, events: object) -> None:
+        raise RuntimeError("a bug inside the HTTP/2 stack")
+
+    monkeypatch.setattr(http_server._H2Protocol, "_handle_events", broken)
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR):
+        h2c = await H2Client.open(url)
+        try:
+            lost = await h2c.response(await h2c.request(h2_request_headers(b"/healthz")))
+        finally:
+            await h2c.aclose()
+        monkeypatch.undo()
+        after = await client.get("/healthz")
+    assert lost.status is None and h2c.closed
+    assert after.status_code == 200
+    failures = [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+    assert len(failures) == 1 and failures[0].exc_info is not None
 
 
 def test_make_app_wants_an_http_base_url(api: FakeMirrorNode) -> None:

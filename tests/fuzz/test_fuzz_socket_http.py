@@ -17,8 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 import cbor2
-import h2.config
-import h2.connection
 import httpx
 import pytest
 import trio
@@ -26,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pithnode.node.http_mirror import MAX_HEADER_LINES, MAX_PATH_BYTES, make_app, serve_http
+from pithnode.node.http_server import NOT_ASCII_TARGET
 from pithnode.node.metrics import NodeMetrics
 from pithnode.node.query_socket import (
     ERROR_CODES,
@@ -49,6 +48,7 @@ from tests.fuzz import (
     peak_allocation,
     replay,
 )
+from tests.h2_client import H2Client, h2_request_headers
 
 # ---------------------------------------------------------------------------- the socket
 
@@ -226,45 +226,30 @@ def test_http_request(data: bytes) -> None:
 
 # ---------------------------------------------------------------------------- a real server
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-
-def _h2_get(path: bytes) -> bytes:
-    """The bytes of an HTTP/2 prior-knowledge GET of ``path`` (raw, not validated)."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(
-        client_side=True, header_encoding=None, validate_outbound_headers=False))
-    conn.initiate_connection()
-    conn.send_headers(1, [(b":method", b"GET"), (b":path", path), (b":scheme", b"http"),
-                          (b":authority", b"mirror.test")], end_stream=True)
-    data: bytes = conn.data_to_send()
-    assert data.startswith(H2_PREFACE)
-    return data
-
-
-async def _send_raw(url: str, data: bytes) -> None:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        await stream.send_all(data)
-        with trio.move_on_after(2):  # read what comes back until the server closes
-            while await stream.receive_some(65536):
-                pass
-
-
-@pytest.mark.xfail(strict=True, raises=BaseExceptionGroup, reason=(
-    "hypercorn 0.18 decodes an HTTP/2 :path as ASCII outside the app; the UnicodeDecodeError "
-    "escapes its connection handler and stops serve_http, and with it the whole node "
-    "(pithnode run exits): anyone who can reach the HTTP port can stop the node"))
 async def test_http2_non_ascii_path_does_not_stop_the_server() -> None:
+    """hypercorn 0.18 decodes an HTTP/2 :path as ASCII outside the app; the error used to
+    escape its connection handler and stop serve_http, and with it the node."""
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve_http, FakeNode(), host="127.0.0.1",
                                               port=0))
-            await _send_raw(url, _h2_get(b"/pith/\xc3\xa9/"))
+            h2c = await H2Client.open(url)
+            try:
+                bad = await h2c.response(await h2c.request(h2_request_headers(
+                    b"/pith/\xc3\xa9/")))
+                # the same connection goes on serving
+                ok = await h2c.response(await h2c.request(h2_request_headers(b"/healthz")))
+            finally:
+                await h2c.aclose()
             async with httpx.AsyncClient() as client:
                 resp = await client.get(f"{url}/healthz")
-            assert resp.status_code == 200
             nursery.cancel_scope.cancel()
+    assert (bad.status, bad.ended) == (400, True)
+    assert bad.headers[b"content-type"] == b"application/json"
+    assert json.loads(bad.body)["error"] == {"status": 400, "message": NOT_ASCII_TARGET}
+    assert (ok.status, ok.body) == (200, b'{"status":"ok"}')
+    assert resp.status_code == 200
 
 
 # ---------------------------------------------------------------------------- corpus and size
