@@ -2,17 +2,24 @@
 
 hypercorn's trio worker (``worker_serve``) runs every connection in one nursery: an exception
 that escapes one connection's handler stops the whole server, and with it the node. hypercorn
-0.18 raises such an exception for an HTTP/2 request whose ``:method`` or ``:path`` is not ASCII
-(it decodes both as ASCII while it builds the request, outside the app), or that has no
-``:path`` (a plain CONNECT): one request from anyone who reaches the port stopped the node.
-HTTP/1.1 is not affected, h11 refuses such a request line itself with 400.
+0.18 raises such exceptions on HTTP/2 input any client can send:
+
+* a request whose ``:method`` or ``:path`` is not ASCII (it decodes both as ASCII while it
+  builds the request, outside the app), or that has no ``:path`` (a plain CONNECT);
+* a DATA frame for a stream it has finished with (a body still arriving after the app
+  answered, as it does for a POST it refuses with 405): KeyError;
+* PRIORITY frames for 1,001 streams that were never opened: TooManyStreamsError.
+
+HTTP/1.1 is not affected: h11 refuses a request line that is not visible ASCII with 400 and
+hypercorn closes an HTTP/1.1 connection whose body the app did not read.
 
 So this module serves with hypercorn's own connection and protocol classes in a loop of its
 own, with two guards:
 
-* :class:`_H2Protocol` answers an HTTP/2 request that hypercorn cannot build with 400 (JSON,
-  like the app's errors) before hypercorn sees it; the connection and its other streams go
-  on;
+* :class:`_H2Protocol` handles those HTTP/2 events before hypercorn sees them: a 400 (JSON,
+  like the app's errors) for a request it cannot build, DATA of finished streams dropped
+  (its flow-control window given back) and PRIORITY of unknown streams ignored; the
+  connection and its other streams go on;
 * :func:`_serve_connection` runs each connection inside an edge that logs any other
   exception and closes that one connection; the server serves on.
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -78,11 +86,20 @@ def _unbuildable(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class _H2Protocol(H2Protocol):
-    """hypercorn's HTTP/2 protocol, answering 400 to the requests it cannot build."""
+    """hypercorn's HTTP/2 protocol, with the events it cannot handle handled here first.
+
+    * a request it cannot build gets a 400 (:meth:`_refuse`);
+    * DATA for a stream it no longer has (refused, or answered before the client finished
+      sending its body: hypercorn looks the stream up and fails with KeyError) is
+      acknowledged, so the connection's window is given back, and the stream is reset so
+      that the client stops sending;
+    * PRIORITY for a stream it does not have is ignored (hypercorn would add it to its
+      priority tree, never remove it, and fail once the tree holds 1,000 streams).
+
+    Events go to hypercorn one at a time, so each check sees its current streams.
+    """
 
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
-        refused: set[int] = set()
-        kept: list[h2.events.Event] = []
         for event in events:
             if isinstance(event, h2.events.RequestReceived) and event.stream_id is not None:
                 headers = list(event.headers or ())
@@ -90,23 +107,29 @@ class _H2Protocol(H2Protocol):
                 if reason is not None:
                     self._refuse(event.stream_id, reason,
                                  head=(b":method", b"HEAD") in headers)
-                    refused.add(event.stream_id)
                     continue
-            elif isinstance(event, h2.events.DataReceived) and event.stream_id in refused:
-                # hypercorn would look the stream up and fail; the window is still ours to
-                # give back
+            elif (isinstance(event, h2.events.DataReceived) and event.stream_id is not None
+                  and event.stream_id not in self.streams):
                 self.connection.acknowledge_received_data(event.flow_controlled_length or 0,
                                                           event.stream_id)
+                self._end_client_side(event.stream_id)
                 continue
-            elif (isinstance(event, h2.events.StreamEnded | h2.events.PriorityUpdated
-                             | h2.events.TrailersReceived) and event.stream_id in refused):
+            elif (isinstance(event, h2.events.PriorityUpdated)
+                  and event.stream_id not in self.streams):
                 continue
-            kept.append(event)
-        await super()._handle_events(kept)  # also flushes what _refuse queued
+            await super()._handle_events([event])
+        await self._flush()
+
+    def _end_client_side(self, stream_id: int) -> None:
+        """RST_STREAM(NO_ERROR) once our response is complete (RFC 9113 8.1), unless the
+        stream is closed already (the client sent its whole request, or reset it)."""
+        conn = self.connection
+        if stream_id in conn.streams and not conn.streams[stream_id].closed:
+            with suppress(h2.exceptions.StreamClosedError):
+                conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def _refuse(self, stream_id: int, reason: str, *, head: bool) -> None:
-        """Queue a complete 400 on the stream, then end the client's side of it too
-        (RFC 9113 8.1: a complete response may be followed by RST_STREAM(NO_ERROR))."""
+        """Queue a complete 400 on the stream, then end the client's side of it too."""
         body = json.dumps({"error": {"status": 400, "message": reason}},
                           separators=(",", ":")).encode()
         conn = self.connection
@@ -119,10 +142,9 @@ class _H2Protocol(H2Protocol):
                 (b"x-content-type-options", b"nosniff")], end_stream=not body)
             if body:
                 conn.send_data(stream_id, body, end_stream=True)
-            if stream_id in conn.streams and not conn.streams[stream_id].closed:
-                conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
         except h2.exceptions.StreamClosedError:
-            pass  # the client reset the stream in the same read: nobody to answer
+            return  # the client reset the stream in the same read: nobody to answer
+        self._end_client_side(stream_id)
 
 
 class _ProtocolWrapper(ProtocolWrapper):

@@ -1072,6 +1072,42 @@ async def test_http2_requests_the_app_sees_are_checked_by_the_app(url: str) -> N
     assert header.status == 200
 
 
+async def test_http2_body_of_a_request_answered_early_is_dropped(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The app answers 405 before the body is in; hypercorn then looked the finished
+    stream up for each DATA frame and failed (KeyError), which stopped the server."""
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR):
+        client = await H2Client.open(url)
+        try:
+            posts = [await client.response(await client.request(
+                h2_request_headers(b"/healthz", b"POST"), b"x" * 200_000)) for _ in range(3)]
+            ok = await client.response(await client.request(h2_request_headers(b"/healthz")))
+        finally:
+            await client.aclose()
+    for post in posts:
+        assert post.status == 405 and json.loads(post.body)["error"]["status"] == 405
+    assert ok.status == 200 and not client.closed
+    # 600 kB offered into a 64 KiB connection window: what was sent was given back
+    assert client.conn.outbound_flow_control_window > 0
+    assert not [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+
+
+async def test_http2_priority_for_streams_never_opened_is_ignored(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """hypercorn kept each such stream in its priority tree and failed at the 1,001st,
+    which stopped the server."""
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR):
+        client = await H2Client.open(url)
+        try:
+            for i in range(1200):
+                client.conn.prioritize(1001 + 2 * i, weight=16)
+            ok = await client.response(await client.request(h2_request_headers(b"/healthz")))
+        finally:
+            await client.aclose()
+    assert ok.status == 200 and not client.closed
+    assert not [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+
+
 async def test_a_connection_that_fails_inside_the_server_ends_alone(
         url: str, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
