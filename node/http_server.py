@@ -8,10 +8,11 @@ that escapes one connection's handler stops the whole server, and with it the no
   builds the request, outside the app), or that has no ``:path`` (a plain CONNECT);
 * a DATA frame for a stream it has finished with (a body still arriving after the app
   answered, as it does for a POST it refuses with 405): KeyError;
-* PRIORITY frames for 1,001 streams that were never opened: TooManyStreamsError.
+* PRIORITY frames for 1,001 streams that were never opened: TooManyStreamsError;
+* an HTTP/1.1 ``Upgrade: h2c`` whose ``HTTP2-Settings`` header is malformed (it answers
+  101, then h2 fails to read the settings).
 
-HTTP/1.1 is not affected: h11 refuses a request line that is not visible ASCII with 400 and
-hypercorn closes an HTTP/1.1 connection whose body the app did not read.
+Otherwise HTTP/1.1 is safe: h11 refuses a request line that is not visible ASCII with 400.
 
 So this module serves with hypercorn's own connection and protocol classes in a loop of its
 own, with two guards:
@@ -19,7 +20,8 @@ own, with two guards:
 * :class:`_H2Protocol` handles those HTTP/2 events before hypercorn sees them: a 400 (JSON,
   like the app's errors) for a request it cannot build, DATA of finished streams dropped
   (its flow-control window given back) and PRIORITY of unknown streams ignored; the
-  connection and its other streams go on;
+  connection and its other streams go on. :class:`_ProtocolWrapper` closes a connection
+  whose h2c upgrade cannot be read;
 * :func:`_serve_connection` runs each connection inside an edge that logs any other
   exception and closes that one connection; the server serves on.
 
@@ -42,7 +44,7 @@ import h2.events
 import h2.exceptions
 import trio
 from hypercorn.config import Config
-from hypercorn.events import RawData
+from hypercorn.events import Closed, RawData
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
@@ -51,6 +53,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import parse_socket_addr, wrap_app
+from hyperframe.exceptions import HyperframeError
 
 if TYPE_CHECKING:
     from hypercorn.events import Event
@@ -162,9 +165,17 @@ class _ProtocolWrapper(ProtocolWrapper):
             self.protocol = self._h2()
             await self.protocol.initiate()
             data = error.data
-        except H2CProtocolRequiredError as error:  # HTTP/1.1 Upgrade: h2c
+        except H2CProtocolRequiredError as error:  # HTTP/1.1 Upgrade: h2c, 101 already sent
             self.protocol = self._h2()
-            await self.protocol.initiate(error.headers, error.settings)
+            try:
+                await self.protocol.initiate(error.headers, error.settings)
+            except (ValueError, HyperframeError, h2.exceptions.ProtocolError) as exc:
+                # a malformed HTTP2-Settings header (base64, frame or values): the client's
+                # fault, and too late for a 400, so the connection is closed
+                log.info("closing an HTTP connection: its h2c upgrade has a bad "
+                         "HTTP2-Settings header (%s)", exc)
+                await self.send(Closed())
+                return
             data = error.data
         if data != b"":
             await self.protocol.handle(RawData(data=data))

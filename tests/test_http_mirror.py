@@ -1108,6 +1108,42 @@ async def test_http2_priority_for_streams_never_opened_is_ignored(
     assert not [r for r in caplog.records if r.name == "pithnode.node.http_server"]
 
 
+def h2c_upgrade(settings: bytes) -> bytes:
+    return (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings"
+            b"\r\nUpgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("settings", [b"AAAAA", b"AAMAAABkAAR", b"AAMAAABkAAQAAAAAAAIAAAAC"],
+                         ids=["base64", "frame", "value"])
+async def test_h2c_upgrade_with_bad_settings_closes_that_connection_only(
+        url: str, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture,
+        settings: bytes) -> None:
+    """hypercorn answers 101, then h2 cannot read the settings: that used to stop the
+    server. Now the connection is closed (too late for a 400) and the server serves on."""
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.INFO):
+        upgraded = await raw_request(url, h2c_upgrade(settings))  # reads until closed
+        after = await client.get("/healthz")
+    assert upgraded.status == 101 and after.status_code == 200
+    logged = [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+    assert len(logged) == 1 and logged[0].levelno == logging.INFO
+    assert "bad HTTP2-Settings" in logged[0].getMessage() and logged[0].exc_info is None
+
+
+async def test_h2c_upgrade_still_works(url: str) -> None:
+    good = base64.urlsafe_b64encode(b"\x00\x03\x00\x00\x00\x64")  # MAX_CONCURRENT_STREAMS
+    port = int(url.rsplit(":", 1)[1])
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(h2c_upgrade(good))
+            data = b""
+            while b'{"status":"ok"}' not in data:  # the answer, in HTTP/2 frames on stream 1
+                chunk = await stream.receive_some(65536)
+                assert chunk, data
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 101 ")
+
+
 async def test_a_connection_that_fails_inside_the_server_ends_alone(
         url: str, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
