@@ -133,20 +133,19 @@ class _H2Protocol(H2Protocol):
 
     def _refuse(self, stream_id: int, reason: str, *, head: bool) -> None:
         """Queue a complete 400 on the stream, then end the client's side of it too."""
+        conn = self.connection
+        if stream_id not in conn.streams or conn.streams[stream_id].closed:
+            return  # the client reset the stream in the same read: nobody to answer
         body = json.dumps({"error": {"status": 400, "message": reason}},
                           separators=(",", ":")).encode()
-        conn = self.connection
-        try:
-            if head or len(body) > conn.local_flow_control_window(stream_id):
-                body = b""  # HEAD, or no room in the client's window: the status says it
-            conn.send_headers(stream_id, [
-                (b":status", b"400"), (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store"),
-                (b"x-content-type-options", b"nosniff")], end_stream=not body)
-            if body:
-                conn.send_data(stream_id, body, end_stream=True)
-        except h2.exceptions.StreamClosedError:
-            return  # the client reset the stream in the same read: nobody to answer
+        if head or len(body) > conn.local_flow_control_window(stream_id):
+            body = b""  # HEAD, or no room in the client's window: the status says it all
+        conn.send_headers(stream_id, [
+            (b":status", b"400"), (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff")], end_stream=not body)
+        if body:
+            conn.send_data(stream_id, body, end_stream=True)
         self._end_client_side(stream_id)
 
 

@@ -45,16 +45,24 @@ class H2Client:
         host, port = url.removeprefix("http://").rsplit(":", 1)
         client = cls(await trio.open_tcp_stream(host, int(port)))
         client.conn.initiate_connection()
-        await client._flush()
+        await client.flush()
         return client
 
     async def aclose(self) -> None:
         await self.stream.aclose()
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         data = self.conn.data_to_send()
         if data:
             await self.stream.send_all(data)
+
+    def queue(self, headers: list[tuple[bytes, bytes]]) -> int:
+        """A bodiless request, not sent until :meth:`flush` (to put several frames in one
+        write); its stream id."""
+        stream_id = self.conn.get_next_available_stream_id()
+        self.responses[stream_id] = H2Response()
+        self.conn.send_headers(stream_id, headers, end_stream=True)
+        return stream_id
 
     async def request(self, headers: list[tuple[bytes, bytes]], body: bytes | None = None
                       ) -> int:
@@ -67,18 +75,18 @@ class H2Client:
         resp = self.responses[stream_id] = H2Response()
         self.conn.send_headers(stream_id, headers, end_stream=not body)
         if not body:
-            await self._flush()
+            await self.flush()
         rest = body or b""  # its first frame goes out with the headers, in one write
         while rest and not (resp.ended or resp.reset is not None or self.closed):
             room = min(self.conn.local_flow_control_window(stream_id),
                        self.conn.max_outbound_frame_size)
             if room == 0:
-                await self._flush()
+                await self.flush()
                 await self._receive()
                 continue
             chunk, rest = rest[:room], rest[room:]
             self.conn.send_data(stream_id, chunk, end_stream=not rest)
-            await self._flush()
+            await self.flush()
         return stream_id
 
     async def response(self, stream_id: int) -> H2Response:
@@ -95,7 +103,7 @@ class H2Client:
             return
         for event in self.conn.receive_data(data):
             self._on(event)
-        await self._flush()
+        await self.flush()
 
     def _on(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ConnectionTerminated):

@@ -1055,6 +1055,24 @@ async def test_http2_head_with_a_non_ascii_path_gets_400_without_a_body(url: str
     assert head.headers[b"content-length"] == b"0"
 
 
+async def test_http2_refused_request_reset_by_the_client_in_the_same_write(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """By the time the refusal runs, h2 has closed and forgotten that stream: nothing to
+    answer (sending on it failed with StreamIDTooLowError and cost the connection)."""
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR):
+        client = await H2Client.open(url)
+        try:
+            gone = client.queue(h2_request_headers(b"/\xff", b"HEAD"))
+            client.conn.reset_stream(gone)
+            ok = client.queue(h2_request_headers(b"/healthz"))
+            await client.flush()
+            answer = await client.response(ok)
+        finally:
+            await client.aclose()
+    assert answer.status == 200 and client.responses[gone].status is None
+    assert not [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+
+
 async def test_http2_requests_the_app_sees_are_checked_by_the_app(url: str) -> None:
     with trio.fail_after(TIMEOUT):
         client = await H2Client.open(url)
