@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, cast
 import h2.errors
 import h2.events
 import h2.exceptions
+import h11
 import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, RawData
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     # trio-typing (pulled in by libp2p) ships stubs that shadow trio's own annotations.
     from trio_typing import TaskStatus
 
-__all__ = ["NOT_ASCII_TARGET", "serve_asgi"]
+__all__ = ["NOT_ASCII_TARGET", "TRIPPED_BY_CLIENT", "serve_asgi"]
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +206,31 @@ class _TCPServer(TCPServer):
             await self._close()
 
 
+#: What hypercorn raises when a client's input trips it up (see _serve_connection).
+TRIPPED_BY_CLIENT = (h11.ProtocolError, trio.BusyResourceError)
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    return [leaf for exc in group.exceptions
+            for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
+
+
 async def _serve_connection(app: AppWrapper, config: Config, context: WorkerContext,
                             stream: trio.SocketStream) -> None:
     """One connection, start to end; whatever fails in it ends it and nothing else."""
     try:
         await _TCPServer(app, config, context, {}, cast("trio.SSLStream[trio.SocketStream]",
                                                         stream)).run()
+    except* TRIPPED_BY_CLIENT as group:
+        # hypercorn trips over a malformed or badly timed request this way (an error
+        # response on an h11 connection already in error, e.g. data pipelined after a
+        # WebSocket upgrade; two of its tasks writing at once): the client's doing, so one
+        # line, no traceback
+        first = _leaves(group)[0]
+        log.warning("HTTP connection closed: the server tripped over its input (%s: %s)",
+                    type(first).__name__, first)
     except* Exception:
-        # edge: a failure inside hypercorn (or the h2/h11 libraries) is a bug to fix, but it
+        # edge: any other failure inside hypercorn (or h2/h11) is a bug to fix, but it
         # belongs to this one client: log it, drop the connection, serve the others
         log.exception("HTTP connection failed inside the server; closed it and serving on")
     finally:

@@ -1162,6 +1162,23 @@ async def test_h2c_upgrade_still_works(url: str) -> None:
     assert data.startswith(b"HTTP/1.1 101 ")
 
 
+async def test_data_pipelined_after_a_websocket_upgrade_closes_that_connection(
+        url: str, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    """hypercorn takes the pipelined request for WebSocket data, starts a 400 and fails
+    finishing it on an h11 connection already in error: that used to stop the server."""
+    upgrade = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+               b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.WARNING):
+        refused = await raw_request(url, upgrade + get(b"/healthz"))  # reads until closed
+        after = await client.get("/healthz")
+    assert refused.status == 400 and after.status_code == 200
+    logged = [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+    assert len(logged) == 1 and logged[0].levelno == logging.WARNING
+    assert logged[0].exc_info is None
+    assert "tripped over its input (LocalProtocolError" in logged[0].getMessage()
+
+
 async def test_a_connection_that_fails_inside_the_server_ends_alone(
         url: str, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
