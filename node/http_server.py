@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -94,9 +93,10 @@ class _H2Protocol(H2Protocol):
 
     * a request it cannot build gets a 400 (:meth:`_refuse`);
     * DATA for a stream it no longer has (refused, or answered before the client finished
-      sending its body: hypercorn looks the stream up and fails with KeyError) is
-      acknowledged, so the connection's window is given back, and the stream is reset so
-      that the client stops sending;
+      sending its body: hypercorn looks the stream up and fails with KeyError) is dropped
+      and acknowledged, so the connection's window is given back. (It is not reset:
+      hypercorn forgets a stream before its END_STREAM is out, and a reset then could cut
+      the response short.)
     * PRIORITY for a stream it does not have is ignored (hypercorn would add it to its
       priority tree, never remove it, and fail once the tree holds 1,000 streams).
 
@@ -116,21 +116,12 @@ class _H2Protocol(H2Protocol):
                   and event.stream_id not in self.streams):
                 self.connection.acknowledge_received_data(event.flow_controlled_length or 0,
                                                           event.stream_id)
-                self._end_client_side(event.stream_id)
                 continue
             elif (isinstance(event, h2.events.PriorityUpdated)
                   and event.stream_id not in self.streams):
                 continue
             await super()._handle_events([event])
         await self._flush()
-
-    def _end_client_side(self, stream_id: int) -> None:
-        """RST_STREAM(NO_ERROR) once our response is complete (RFC 9113 8.1), unless the
-        stream is closed already (the client sent its whole request, or reset it)."""
-        conn = self.connection
-        if stream_id in conn.streams and not conn.streams[stream_id].closed:
-            with suppress(h2.exceptions.StreamClosedError):
-                conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def _refuse(self, stream_id: int, reason: str, *, head: bool) -> None:
         """Queue a complete 400 on the stream, then end the client's side of it too."""
@@ -147,7 +138,9 @@ class _H2Protocol(H2Protocol):
             (b"x-content-type-options", b"nosniff")], end_stream=not body)
         if body:
             conn.send_data(stream_id, body, end_stream=True)
-        self._end_client_side(stream_id)
+        if not conn.streams[stream_id].closed:  # the client is still sending: our response
+            # is complete, so it may be told to stop (RFC 9113 8.1)
+            conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
 
 class _ProtocolWrapper(ProtocolWrapper):
