@@ -36,6 +36,7 @@ from .query_socket import (
     MAX_REQUEST_BYTES,
     MAX_SUBMIT_EVENTS,
     NOT_FOUND,
+    STORE_ERROR,
     ConnectionLost,
     NoNodeRunning,
     QuerySocketError,
@@ -128,6 +129,8 @@ def _fail(exc: QuerySocketError, path: Path) -> NoReturn:
                            else f"not found: {exc.message}") from exc
         if exc.code == BUSY:
             raise CliError(f"the node is busy: {exc.message}", hint="retry later") from exc
+        if exc.code == STORE_ERROR:  # the message names the cause and the fix
+            raise CliError(f"the node could not use its store: {exc.message}") from exc
         raise CliError(f"the node refused the request: {exc.message}") from exc
     if isinstance(exc, QueryTimeout):
         raise CliError(f"{exc} (socket {path})", hint="raise --timeout or check the node's "

@@ -27,7 +27,7 @@ from pithnode.protocol.keys import SigningKey
 from pithnode.protocol.receipts import check_receipt
 from pithnode.protocol.spec import NetworkSpec
 from pithnode.protocol.wire import prefixes_match
-from pithnode.storage.errors import StoreCorrupt
+from pithnode.storage.errors import StoreCorrupt, StoreError
 from pithnode.storage.store import Store
 
 from .api import NotFound, RecordView, SubmitOutcome
@@ -257,7 +257,12 @@ class Node:
                 self.recent.appendleft(item)
                 self._notify({"kind": "event", **item})
         for subject in result.records_touched:
-            state = await self._svc().state(subject)
+            try:
+                state = await self._svc().state(subject)
+            except StoreError as exc:  # committed already: the outcomes stand, only the
+                # notification of the new state is lost
+                log.warning("no state notification for %s: %s", subject, exc)
+                continue
             if state is not None:
                 self._notify({"kind": "state", "pith_number": subject,
                               "state_sha256": state.state_sha256,

@@ -10,8 +10,9 @@ record page (``/pith/{suffix}``) and a status page (``/``); machines get ``/metr
 ``/healthz``.
 
 Only GET and HEAD. The request target is checked before anything is decoded: at most
-``MAX_PATH_BYTES``, no dot segments, no encoded slash, backslash or control character, no empty
-segment, UTF-8 only. Errors are JSON ``{"error": {"status", "message"}}`` (an HTML page when a
+``MAX_PATH_BYTES``, visible ASCII only (other bytes must be percent-encoded, as in HTTP/1.1),
+no dot segments, no encoded slash, backslash or control character, no empty segment, UTF-8
+only once percent-decoded. Errors are JSON ``{"error": {"status", "message"}}`` (an HTML page when a
 browser asks for a page); a 500 never carries a traceback, it is logged instead.
 """
 
@@ -32,15 +33,14 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from hypercorn.config import Config
 
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.identifiers import normalise_alias, parse_pith_number
 
 from .api import NodeAPI, NotFound, RecordView
 from .errors import NodeError
+from .http_server import NOT_ASCII_TARGET, serve_asgi
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import NodeMetrics
 
@@ -83,6 +83,11 @@ _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-acti
 _HTML_HEADERS = (("Content-Security-Policy", _CSP), ("Referrer-Policy", "no-referrer"))
 _ALLOW = "GET, HEAD"
 _BAD_SEGMENT_CHAR = re.compile(r"[\x00-\x1f\x7f/\\]")
+#: Anything but visible ASCII in a raw request target (RFC 9112 and 3986: a request target is
+#: visible ASCII; other bytes travel percent-encoded).
+_NOT_VISIBLE_ASCII = re.compile(rb"[^\x21-\x7e]")
+#: What a response header value may not hold (it would end the header, or cannot be sent).
+_BAD_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
 _CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")
 _SHORT_RE = re.compile(r"[A-Z2-7]{8,26}")
 _TS_RE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?Z")
@@ -113,9 +118,19 @@ class Response:
     content_type: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        # checked here, inside the app's error handling, not when sending: a header that
+        # cannot be sent is our bug and becomes a logged 500, never an escaped exception
+        for name, value in self.headers:
+            if _BAD_HEADER_VALUE.search(value):
+                raise ValueError(f"response header {name} holds a character that cannot be "
+                                 f"sent: {value[:80]!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """A checked request: ``raw_path`` and ``query`` are visible ASCII (see _parse_request)."""
+
     method: str
     segments: tuple[str, ...]
     trailing_slash: bool
@@ -135,10 +150,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _parse_request(scope: Mapping[str, Any]) -> Request:
-    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogatepass")
     query: bytes = scope.get("query_string", b"")
     if len(raw_path) + len(query) > MAX_PATH_BYTES:
         raise HttpError(414, f"request target longer than {MAX_PATH_BYTES} bytes")
+    if _NOT_VISIBLE_ASCII.search(raw_path) or _NOT_VISIBLE_ASCII.search(query):
+        raise HttpError(400, NOT_ASCII_TARGET)
     raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
     if (len(raw_headers) > MAX_HEADER_LINES
             or sum(len(n) + len(v) for n, v in raw_headers) > MAX_HEADER_BYTES):
@@ -326,10 +343,11 @@ class MirrorApp:
         return Response(status, headers=(("Location", location), ("Cache-Control", cache)))
 
     async def _slash_redirect(self, req: Request) -> Response:
-        target = req.raw_path[:-1].decode("ascii")
-        if req.query:
-            target += "?" + req.query.decode("ascii", "replace")
-        return Response(308, headers=(("Location", target), ("Cache-Control", DOCUMENT_CACHE)))
+        # the exact bytes asked for, less the slash: _parse_request let only visible ASCII
+        # through, and _split_path only segments that percent-decode to UTF-8
+        target = req.raw_path[:-1] + (b"?" + req.query if req.query else b"")
+        return Response(308, headers=(("Location", target.decode("ascii")),
+                                      ("Cache-Control", DOCUMENT_CACHE)))
 
     async def _alias_redirect(self, kind: str, ident: str, req: Request) -> Response:
         kinds = ("arxiv", "arxiv_version") if kind == "arxiv" else ("doi",)
@@ -466,7 +484,8 @@ async def serve_http(
     """Serve the mirror until cancelled; ``task_status.started(url)`` gives the bound URL.
 
     The listening socket is bound here (port 0 picks a free port atomically, read back with
-    ``getsockname``) and handed to hypercorn's trio worker, so the port is known before the
+    ``getsockname``) and handed to :func:`.http_server.serve_asgi` (hypercorn, with guards
+    that keep one client's request from stopping the server), so the port is known before the
     first request and the socket is closed when serving ends.
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -484,10 +503,8 @@ async def serve_http(
         shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
         url = f"http://{shown}:{bound_port}"
         app = make_app(api, base_url=base_url or url, metrics=metrics)
-        wrapped = wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(worker_serve, wrapped, config,
-                                        sockets=Sockets([], [sock], [])))
+            await nursery.start(serve_asgi, cast("ASGIFramework", app), config, sock)
             log.info("HTTP mirror listening on %s", url)
             task_status.started(url)
     finally:

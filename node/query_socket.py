@@ -44,7 +44,11 @@ write that does not complete within ``write_timeout`` closes the connection.
 Error codes: -32700 parse error, -32600 invalid request (also: request too large, batch too
 large), -32601 method not found, -32602 invalid params (the message names the param),
 -32603 internal error (logged; no details leave the node), -32004 not found, -32005 busy
-(too many connections; the connection is then closed), -32010 input rejected by the node.
+(too many connections; the connection is then closed), -32010 input rejected by the node,
+-32020 store error: the node's store cannot read or write (``store full / disk full: ...``,
+``store I/O error: ...``, ``store damaged: ...``, ``store closed: ...``; the message names
+the cause and the fix). ``events.submit`` answered -32020 stored none of its events (one
+transaction), so the client may send them again once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pithnode.protocol.errors import InputError
+from pithnode.storage.errors import StoreClosed, StoreCorrupt, StoreFull, StoreIOError
 
 from .api import NodeAPI, NotFound
 from .errors import NodeError
@@ -77,20 +82,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUSY", "INTERNAL_ERROR", "INVALID_PARAMS", "INVALID_REQUEST", "METHODS",
-    "METHOD_NOT_FOUND", "NOT_FOUND", "PARSE_ERROR", "REJECTED", "ConnectionLost",
-    "ErrorReply", "MethodSpec", "NoNodeRunning", "QueryClient", "QuerySocketError",
-    "QuerySocketServer", "QueryTimeout", "Request", "RpcError", "ServerStats", "SocketInUse",
-    "SocketLimits", "SocketPathError", "SyncQueryClient", "call_sync", "decode_request_line",
-    "encode_message", "open_query_client",
+    "METHOD_NOT_FOUND", "NOT_FOUND", "PARSE_ERROR", "REJECTED", "STORE_ERROR",
+    "ConnectionLost", "ErrorReply", "MethodSpec", "NoNodeRunning", "QueryClient",
+    "QuerySocketError", "QuerySocketServer", "QueryTimeout", "Request", "RpcError",
+    "ServerStats", "SocketInUse", "SocketLimits", "SocketPathError", "SyncQueryClient",
+    "call_sync", "decode_request_line", "encode_message", "open_query_client",
+    "store_error_message",
 ]
 
 log = logging.getLogger(__name__)
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND = -32700, -32600, -32601
 INVALID_PARAMS, INTERNAL_ERROR = -32602, -32603
-NOT_FOUND, BUSY, REJECTED = -32004, -32005, -32010
+NOT_FOUND, BUSY, REJECTED, STORE_ERROR = -32004, -32005, -32010, -32020
 ERROR_CODES = frozenset({PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS,
-                         INTERNAL_ERROR, NOT_FOUND, BUSY, REJECTED})
+                         INTERNAL_ERROR, NOT_FOUND, BUSY, REJECTED, STORE_ERROR})
 
 #: One request line; holds one maximum-size event (1 MiB canonical) with room to spare.
 MAX_REQUEST_BYTES = 4 << 20
@@ -197,6 +203,8 @@ class ServerStats:
     write_timeouts: int = 0
     too_large: int = 0
     internal_errors: int = 0
+    #: requests answered -32020 (the store could not read or write)
+    store_errors: int = 0
     notifications_sent: int = 0
     notifications_dropped: int = 0
 
@@ -270,20 +278,22 @@ _ID = Param("id", True, _is_str(MAX_IDENTIFIER_CHARS),
 METHODS: Mapping[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("node.status", (), "status object"),
     MethodSpec("node.peers", (), "{peers: [...]}"),
-    MethodSpec("record.resolve", (_ID,), "{pith_number}", (NOT_FOUND, REJECTED)),
+    MethodSpec("record.resolve", (_ID,), "{pith_number}", (NOT_FOUND, REJECTED, STORE_ERROR)),
     MethodSpec("record.state", (_ID,), "{pith_number, state_sha256, state}",
-               (NOT_FOUND, REJECTED)),
-    MethodSpec("record.bundle", (_ID,), "{pith_number, bundle}", (NOT_FOUND, REJECTED)),
-    MethodSpec("record.events", (_ID,), "{pith_number, events}", (NOT_FOUND, REJECTED)),
-    MethodSpec("record.view", (_ID,), "RecordView fields", (NOT_FOUND, REJECTED)),
+               (NOT_FOUND, REJECTED, STORE_ERROR)),
+    MethodSpec("record.bundle", (_ID,), "{pith_number, bundle}",
+               (NOT_FOUND, REJECTED, STORE_ERROR)),
+    MethodSpec("record.events", (_ID,), "{pith_number, events}",
+               (NOT_FOUND, REJECTED, STORE_ERROR)),
+    MethodSpec("record.view", (_ID,), "RecordView fields", (NOT_FOUND, REJECTED, STORE_ERROR)),
     MethodSpec("events.recent", (Param("limit", False, _is_limit,
                                        f"an integer from 1 to {MAX_RECENT_EVENTS}"),),
                "{events}"),
     MethodSpec("events.submit", (Param("events", True, _is_events,
                                        f"a non-empty array of at most {MAX_SUBMIT_EVENTS} "
                                        "events"),),
-               "{outcomes, new, duplicate, rejected}", (REJECTED,)),
-    MethodSpec("explain", (_ID,), "explanation object", (NOT_FOUND, REJECTED)),
+               "{outcomes, new, duplicate, rejected}", (REJECTED, STORE_ERROR)),
+    MethodSpec("explain", (_ID,), "explanation object", (NOT_FOUND, REJECTED, STORE_ERROR)),
     MethodSpec("sync.trigger", (Param("peer", False, _is_opt_str, "a peer id or null"),),
                "sync figures", (NOT_FOUND, REJECTED)),
     MethodSpec("subscribe", (), "{subscribed: true}"),
@@ -402,6 +412,23 @@ def decode_request(obj: Any) -> Decoded:
             return ErrorReply(rid, INVALID_PARAMS,
                               f"invalid params: param '{p.name}' must be {p.expected}", silent)
     return Request(rid, method, params, silent)
+
+
+def store_error_message(exc: StoreIOError | StoreCorrupt | StoreClosed, method: str) -> str:
+    """The -32020 message for a store failure: what happened, then the fix."""
+    if isinstance(exc, StoreFull):
+        cause = "store full / disk full"
+    elif isinstance(exc, StoreIOError):
+        cause = "store I/O error"
+    elif isinstance(exc, StoreCorrupt):
+        cause = "store damaged"
+    else:
+        cause = "store closed"
+    hint = exc.hint or "the node is stopping; retry once it runs again"
+    text = f"{cause}: {exc} ({hint})"
+    if method == "events.submit":  # one store transaction: all of the batch or nothing
+        text += "; none of the events was stored, submit them again once this is fixed"
+    return text
 
 
 def encode_message(obj: Any) -> bytes:
@@ -834,6 +861,14 @@ class QuerySocketServer:
         except InputError as exc:
             reply = encode_message(ErrorReply(req.id, REJECTED,
                                               f"rejected: {exc}").to_json())[:-1]
+        except (StoreIOError, StoreCorrupt, StoreClosed) as exc:
+            # a condition of the machine or the node (disk full, I/O error, shutting down):
+            # the operator's to fix, so it is said plainly, without a traceback
+            self.stats.store_errors += 1
+            log.warning("query socket: %s failed: %s", req.method, exc)
+            reply = encode_message(ErrorReply(req.id, STORE_ERROR,
+                                              store_error_message(exc, req.method)
+                                              ).to_json())[:-1]
         except Exception:  # edge: a node bug becomes -32603 for the client and a log entry
             self.stats.internal_errors += 1
             log.exception("query socket: internal error in %s", req.method)

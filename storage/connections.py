@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import SchemaTooNew, StoreClosed, StoreError, StoreIOError, StoreLocked
-from .migrate import connect, schema_version, translate
+from .migrate import connect, schema_version, translate, translate_os
 
 __all__ = ["ReaderPool", "acquire_lock", "lock_path"]
 
@@ -31,7 +31,7 @@ def acquire_lock(path: Path) -> int:
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise StoreIOError(f"cannot create the lock file {lock}: {exc.strerror or exc}") from exc
+        raise translate_os(exc, f"cannot create the lock file {lock}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -44,8 +44,12 @@ def acquire_lock(path: Path) -> int:
     except OSError as exc:
         os.close(fd)
         raise StoreIOError(f"cannot lock {lock}: {exc.strerror or exc}") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:  # the holder's pid, for the message of the next process that finds it locked
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise translate_os(exc, f"cannot write the lock file {lock}") from exc
     return fd
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
+    "StoreFull",
     "StoreIOError",
     "StoreLocked",
     "StoreMissing",
@@ -70,6 +71,14 @@ class StoreIOError(StoreError):
     """The database could not be read or written (disk full, permissions, I/O error)."""
 
     default_hint = "check free disk space and the permissions of the data directory"
+
+
+class StoreFull(StoreIOError):
+    """No room to write: the disk (or the quota, or the file size limit) under the store is
+    full. Nothing of the failed write is stored; the store takes writes again once there is
+    room, without a restart."""
+
+    default_hint = "free disk space under the data directory (or give it a larger disk)"
 
 
 class StoreClosed(StoreError):

@@ -8,6 +8,7 @@ half-made store. A database at a version newer than the code knows is refused.
 
 from __future__ import annotations
 
+import errno
 import importlib.resources
 import logging
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .errors import NotAStore, SchemaTooNew, StoreCorrupt, StoreError, StoreIOError
+from .errors import NotAStore, SchemaTooNew, StoreCorrupt, StoreError, StoreFull, StoreIOError
 
 __all__ = [
     "APPLICATION_ID",
@@ -83,7 +84,20 @@ def translate(exc: sqlite3.Error, what: str) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
         return StoreIOError(f"{what}: the database stayed locked ({text})",
                             hint="another process holds a long transaction; try again")
+    # sqlite3 sets the code on the errors it raises (SQLITE_FULL: "database or disk is full")
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return StoreFull(f"{what}: {text}")
     return StoreIOError(f"{what}: {text}")
+
+
+#: ``errno`` values that mean "no room" (disk full, quota, file size limit).
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def translate_os(exc: OSError, what: str) -> StoreIOError:
+    """Our exception for an OS error of the store's files (raise it ``from exc``)."""
+    text = f"{what}: {exc.strerror or exc}"
+    return StoreFull(text) if exc.errno in NO_ROOM_ERRNOS else StoreIOError(text)
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -179,7 +193,7 @@ def create_atomically(path: Path) -> None:
         raise translate(exc, f"cannot create {path}") from exc
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise StoreIOError(f"cannot create {path}: {exc.strerror or exc}") from exc
+        raise translate_os(exc, f"cannot create {path}") from exc
     except StoreError:
         tmp.unlink(missing_ok=True)
         raise

@@ -22,6 +22,7 @@ from pithnode.node.paths import default_data_dir, socket_path
 from pithnode.node.query_socket import QuerySocketServer, SocketLimits
 from pithnode.protocol.events import make_native_event
 from pithnode.protocol.keys import SigningKey
+from pithnode.storage.errors import StoreFull
 from tests.fake_node import GOLDEN, GOLDEN_PN, GOLDEN_SHA, GOLDEN_TITLE, PEER_B, FakeNode
 
 TIMEOUT = 20.0
@@ -320,6 +321,22 @@ async def test_node_errors_are_one_line_exit_2(data_dir: Path) -> None:
         assert code == 2 and "did not answer in time" in one_error_line(err)
         assert "raise --timeout" in err
         fake.gate.set()
+
+
+async def test_a_full_disk_is_one_line_exit_2(data_dir: Path) -> None:
+    fake = FakeNode()
+
+    async def submit(events: list[Any]) -> Any:
+        raise StoreFull("cannot store the batch: database or disk is full")
+
+    fake.submit = submit  # type: ignore[method-assign]
+    async with node(fake, data_dir) as sock:
+        code, out, err = await pithnode("submit", "-", "--socket", str(sock),
+                                        stdin=json.dumps([native_event("x")]).encode())
+    assert code == 2 and out == ""
+    assert one_error_line(err).startswith(
+        "error: the node could not use its store: store full / disk full: cannot store the "
+        "batch: database or disk is full (free disk space under the data directory")
 
 
 @pytest.mark.parametrize("argv", [["get"], ["status", "--timeout", "0"],

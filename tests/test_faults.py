@@ -367,10 +367,6 @@ def test_run_on_a_full_disk_stays_up_and_loses_nothing_it_acknowledged(tmp_path:
         assert stored_ids(d, sorted(acked)) == acked
 
 
-@pytest.mark.xfail(strict=True, reason="a full disk during events.submit is answered -32603 "
-                   "'internal error (see the node's log)' and logged with a traceback: "
-                   "query_socket maps StoreIOError like a bug of ours, not like a condition "
-                   "of the machine the operator must fix")
 def test_run_on_a_full_disk_says_so_clearly(tmp_path: Path) -> None:
     data = make_corpus(10, 20)
     with small_disk(tmp_path, 3 << 20) as disk:

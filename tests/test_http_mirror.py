@@ -27,8 +27,10 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from pithnode.node import http_server
 from pithnode.node.api import NotFound, RecordView, SubmitOutcome
 from pithnode.node.http_mirror import MAX_PATH_BYTES, make_app, serve_http
+from pithnode.node.http_server import NOT_ASCII_TARGET
 from pithnode.node.metrics import NodeMetrics
 from pithnode.node.synth import REGISTRY_KEY_ID, REGISTRY_SIGNER_ID, SynthKeys, synth_keys
 from pithnode.protocol.bundle import build_bundle, parse_bundle
@@ -48,6 +50,7 @@ from pithnode.protocol.merge import merge
 from pithnode.protocol.receipts import check_record_created
 from pithnode.protocol.spec import NetworkSpec, spec_from_toml
 from pithnode.protocol.state import CURRENT_LISTS, parse_state
+from tests.h2_client import H2Client, h2_request_headers
 
 TIMEOUT = 10
 
@@ -556,6 +559,66 @@ async def test_following_redirects_ends_on_identical_bytes(api: FakeMirrorNode,
     assert search.url == old.url
 
 
+SLASH_REDIRECTS = [
+    (b"/pith/" + G.encode() + b"/", b"/pith/" + G.encode()),
+    (b"/pith/" + G.encode() + b"/?id=%FF", b"/pith/" + G.encode() + b"?id=%FF"),
+    (b"/pith/%C3%A9/", b"/pith/%C3%A9"),  # escapes are kept exactly as sent
+    (b"/pith/%c3%a9/?q=%e2%80%94&x=%22%3C", b"/pith/%c3%a9?q=%e2%80%94&x=%22%3C"),
+    (b"/no/such/page/?a=b", b"/no/such/page?a=b"),
+]
+
+
+@pytest.mark.parametrize(("target", "location"), SLASH_REDIRECTS)
+async def test_trailing_slash_redirect_keeps_the_exact_bytes(url: str, target: bytes,
+                                                             location: bytes) -> None:
+    with trio.fail_after(TIMEOUT):
+        r = await raw_request(url, get(target))
+    assert r.status == 308 and r.body == b""
+    assert r.headers["location"].encode("latin-1") == location
+
+
+async def test_trailing_slash_on_an_undecodable_path_is_400(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        r = await raw_request(url, get(b"/pith/%FF/?id=%FF"))
+    assert_json_error(r.status, r.headers.get("content-type"), r.body, 400)
+    assert json.loads(r.body)["error"]["message"] == "the path is not UTF-8"
+    assert "location" not in r.headers
+
+
+async def asgi_get(app: Any, raw_path: bytes, query: bytes = b"") -> list[dict[str, Any]]:
+    """One request straight to the ASGI app, as a server that passes raw bytes would send it
+    (HTTP/1.1 servers refuse such targets before the app; HTTP/2 ones may not)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "2",
+               "method": "GET", "scheme": "http", "path": raw_path.decode("latin-1"),
+               "raw_path": raw_path, "query_string": query, "root_path": "", "headers": [],
+               "client": ("127.0.0.1", 4000), "server": ("127.0.0.1", 80)}, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize(("raw_path", "query"), [
+    (b"/pith/\xc3\xa9/", b""), (b"/pith/" + G.encode() + b"/", b"id=\xff"),
+    (b"/pith/\xff", b""), (b"/healthz", b"x=\xc3\xa9"), (b"/pith/a b", b""),
+    (b"/pith/" + G.encode() + b"/state.json", b"a=\x00"),
+])
+async def test_targets_that_are_not_visible_ascii_are_400(api: FakeMirrorNode, raw_path: bytes,
+                                                          query: bytes) -> None:
+    app = make_app(api, base_url="http://mirror.test", metrics=api.metrics)
+    with trio.fail_after(TIMEOUT):
+        start, body = await asgi_get(app, raw_path, query)
+    headers = dict(start["headers"])
+    assert_json_error(start["status"], headers[b"content-type"].decode(), body["body"], 400)
+    assert json.loads(body["body"])["error"]["message"] == NOT_ASCII_TARGET
+    assert b"location" not in headers
+
+
 # ---------------------------------------------------------------- conditional requests, HEAD
 
 
@@ -937,6 +1000,205 @@ async def test_port_zero_reports_the_bound_port_and_closes_it(api: FakeMirrorNod
             nursery.cancel_scope.cancel()
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", int(first.rsplit(":", 1)[1]))
+
+
+# ---------------------------------------------------------------- HTTP/2
+
+NOT_ASCII = {"status": 400, "message": NOT_ASCII_TARGET}
+H2_REFUSED = [
+    # what hypercorn cannot build a request of: answered 400 before it tries
+    (h2_request_headers(b"/pith/\xc3\xa9"), None, NOT_ASCII),
+    (h2_request_headers(b"/pith/" + G.encode() + b"/?id=\xff"), None, NOT_ASCII),
+    (h2_request_headers(b"/\x80", b"POST"), b"x" * 50_000, NOT_ASCII),  # with a body
+    (h2_request_headers(b"/", b"G\xc3\x89T"), None,
+     {"status": 400, "message": "the request method must be ASCII"}),
+    ([(b":method", b"CONNECT"), (b":authority", b"mirror.test:443")], None,
+     {"status": 400, "message": "an HTTP/2 request to this mirror needs a :path"}),
+]
+
+
+@pytest.mark.parametrize(("headers", "body", "error"), H2_REFUSED,
+                         ids=["path", "query", "body", "method", "connect"])
+async def test_http2_requests_hypercorn_cannot_build_get_400(
+        url: str, headers: list[tuple[bytes, bytes]], body: bytes | None,
+        error: dict[str, Any]) -> None:
+    with trio.fail_after(TIMEOUT):
+        client = await H2Client.open(url)
+        try:
+            bad = await client.response(await client.request(headers, body))
+            for _ in range(4 if body is not None else 0):  # a refused body must not use
+                # up the connection's window (its first frame comes with the headers)
+                again = await client.response(await client.request(headers, body))
+                assert (again.status, again.body) == (bad.status, bad.body)
+            # the connection carries on with its other streams
+            ok = await client.response(await client.request(
+                h2_request_headers(f"/pith/{G}/state.json".encode())))
+            # more than the 64 KiB connection window was sent: the server gave it back
+            assert client.conn.outbound_flow_control_window > 0
+        finally:
+            await client.aclose()
+    assert bad.status == 400 and bad.headers[b"content-type"] == b"application/json"
+    assert json.loads(bad.body) == {"error": error}
+    assert bad.headers[b"content-length"] == str(len(bad.body)).encode()
+    assert ok.status == 200 and ok.body == GOLDEN.read_bytes()
+
+
+async def test_http2_head_with_a_non_ascii_path_gets_400_without_a_body(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        client = await H2Client.open(url)
+        try:
+            head = await client.response(await client.request(
+                h2_request_headers(b"/\xff", b"HEAD")))
+        finally:
+            await client.aclose()
+    assert (head.status, head.body, head.ended) == (400, b"", True)
+    assert head.headers[b"content-length"] == b"0"
+
+
+async def test_http2_refused_request_reset_by_the_client_in_the_same_write(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """By the time the refusal runs, h2 has closed and forgotten that stream: nothing to
+    answer (sending on it failed with StreamIDTooLowError and cost the connection)."""
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR):
+        client = await H2Client.open(url)
+        try:
+            gone = client.queue(h2_request_headers(b"/\xff", b"HEAD"))
+            client.conn.reset_stream(gone)
+            ok = client.queue(h2_request_headers(b"/healthz"))
+            await client.flush()
+            answer = await client.response(ok)
+        finally:
+            await client.aclose()
+    assert answer.status == 200 and client.responses[gone].status is None
+    assert not [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+
+
+async def test_http2_requests_the_app_sees_are_checked_by_the_app(url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        client = await H2Client.open(url)
+        try:
+            control = await client.response(await client.request(
+                h2_request_headers(b"/pith/\x01")))
+            slash = await client.response(await client.request(
+                h2_request_headers(b"/pith/%C3%A9/?q=%FF")))
+            header = await client.response(await client.request(
+                [*h2_request_headers(b"/healthz"), (b"x-name", b"\xc3\xa9\xff")]))
+        finally:
+            await client.aclose()
+    assert control.status == 400 and json.loads(control.body)["error"] == NOT_ASCII
+    assert slash.status == 308 and slash.headers[b"location"] == b"/pith/%C3%A9?q=%FF"
+    assert header.status == 200
+
+
+async def test_http2_body_of_a_request_answered_early_is_dropped(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The app answers 405 before the body is in; hypercorn then looked the finished
+    stream up for each DATA frame and failed (KeyError), which stopped the server."""
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR):
+        client = await H2Client.open(url)
+        try:
+            posts = [await client.response(await client.request(
+                h2_request_headers(b"/healthz", b"POST"), b"x" * 200_000)) for _ in range(3)]
+            ok = await client.response(await client.request(h2_request_headers(b"/healthz")))
+        finally:
+            await client.aclose()
+    for post in posts:
+        assert post.status == 405 and json.loads(post.body)["error"]["status"] == 405
+    assert ok.status == 200 and not client.closed
+    # 600 kB offered into a 64 KiB connection window: what was sent was given back
+    assert client.conn.outbound_flow_control_window > 0
+    assert not [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+
+
+async def test_http2_priority_for_streams_never_opened_is_ignored(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """hypercorn kept each such stream in its priority tree and failed at the 1,001st,
+    which stopped the server."""
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR):
+        client = await H2Client.open(url)
+        try:
+            for i in range(1200):
+                client.conn.prioritize(1001 + 2 * i, weight=16)
+            ok = await client.response(await client.request(h2_request_headers(b"/healthz")))
+        finally:
+            await client.aclose()
+    assert ok.status == 200 and not client.closed
+    assert not [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+
+
+def h2c_upgrade(settings: bytes) -> bytes:
+    return (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings"
+            b"\r\nUpgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("settings", [b"AAAAA", b"AAMAAABkAAR", b"AAMAAABkAAQAAAAAAAIAAAAC"],
+                         ids=["base64", "frame", "value"])
+async def test_h2c_upgrade_with_bad_settings_closes_that_connection_only(
+        url: str, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture,
+        settings: bytes) -> None:
+    """hypercorn answers 101, then h2 cannot read the settings: that used to stop the
+    server. Now the connection is closed (too late for a 400) and the server serves on."""
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.INFO):
+        upgraded = await raw_request(url, h2c_upgrade(settings))  # reads until closed
+        after = await client.get("/healthz")
+    assert upgraded.status == 101 and after.status_code == 200
+    logged = [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+    assert len(logged) == 1 and logged[0].levelno == logging.INFO
+    assert "bad HTTP2-Settings" in logged[0].getMessage() and logged[0].exc_info is None
+
+
+async def test_h2c_upgrade_still_works(url: str) -> None:
+    good = base64.urlsafe_b64encode(b"\x00\x03\x00\x00\x00\x64")  # MAX_CONCURRENT_STREAMS
+    port = int(url.rsplit(":", 1)[1])
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(h2c_upgrade(good))
+            data = b""
+            while b'{"status":"ok"}' not in data:  # the answer, in HTTP/2 frames on stream 1
+                chunk = await stream.receive_some(65536)
+                assert chunk, data
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 101 ")
+
+
+async def test_data_pipelined_after_a_websocket_upgrade_closes_that_connection(
+        url: str, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    """hypercorn takes the pipelined request for WebSocket data, starts a 400 and fails
+    finishing it on an h11 connection already in error: that used to stop the server."""
+    upgrade = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+               b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.WARNING):
+        refused = await raw_request(url, upgrade + get(b"/healthz"))  # reads until closed
+        after = await client.get("/healthz")
+    assert refused.status == 400 and after.status_code == 200
+    logged = [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+    assert len(logged) == 1 and logged[0].levelno == logging.WARNING
+    assert logged[0].exc_info is None
+    assert "tripped over its input (LocalProtocolError" in logged[0].getMessage()
+
+
+async def test_a_connection_that_fails_inside_the_server_ends_alone(
+        url: str, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever else goes wrong inside hypercorn ends that connection, not the server."""
+    async def broken(self: object, events: object) -> None:
+        raise RuntimeError("a bug inside the HTTP/2 stack")
+
+    monkeypatch.setattr(http_server._H2Protocol, "_handle_events", broken)
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR):
+        h2c = await H2Client.open(url)
+        try:
+            lost = await h2c.response(await h2c.request(h2_request_headers(b"/healthz")))
+        finally:
+            await h2c.aclose()
+        monkeypatch.undo()
+        after = await client.get("/healthz")
+    assert lost.status is None and h2c.closed
+    assert after.status_code == 200
+    failures = [r for r in caplog.records if r.name == "pithnode.node.http_server"]
+    assert len(failures) == 1 and failures[0].exc_info is not None
 
 
 def test_make_app_wants_an_http_base_url(api: FakeMirrorNode) -> None:

@@ -33,6 +33,7 @@ from pithnode.node.query_socket import (
     NOT_FOUND,
     PARSE_ERROR,
     REJECTED,
+    STORE_ERROR,
     ConnectionLost,
     ErrorReply,
     NoNodeRunning,
@@ -51,6 +52,7 @@ from pithnode.protocol.errors import InputError
 from pithnode.protocol.events import make_native_event
 from pithnode.protocol.keys import SigningKey
 from pithnode.protocol.state import served_json
+from pithnode.storage.errors import StoreClosed, StoreCorrupt, StoreFull, StoreIOError
 from tests.fake_node import GOLDEN, GOLDEN_PN, GOLDEN_SHA, GOLDEN_TITLE, PEER_B, FakeNode
 
 TIMEOUT = 10.0
@@ -435,6 +437,75 @@ async def test_internal_errors_are_logged_not_sent(sock_path: Path,
             assert h.server.stats.internal_errors == 1
     failures = [r for r in caplog.records if "internal error in node.status" in r.message]
     assert failures and failures[0].exc_info is not None
+
+
+STORE_FAILURES = [
+    (StoreFull("cannot store the batch: database or disk is full"),
+     "store full / disk full: cannot store the batch: database or disk is full (free disk "
+     "space under the data directory"),
+    (StoreIOError("cannot store the batch: disk I/O error"),
+     "store I/O error: cannot store the batch: disk I/O error (check free disk space"),
+    (StoreCorrupt("cannot look up events: the database is damaged"),
+     "store damaged: cannot look up events: the database is damaged (run 'pithnode fsck'"),
+    (StoreClosed("the store service is not running"),
+     "store closed: the store service is not running (the node is stopping"),
+]
+
+
+@pytest.mark.parametrize(("error", "message"), STORE_FAILURES,
+                         ids=[type(e).__name__ for e, _ in STORE_FAILURES])
+async def test_store_failures_are_answered_plainly(
+        sock_path: Path, caplog: pytest.LogCaptureFixture, error: Exception,
+        message: str) -> None:
+    """A full disk (or another condition of the machine) is the operator's to fix: its own
+    code and the store's words, no traceback in the log, and the node answers on."""
+    fake = FakeNode()
+    failing = True
+
+    async def submit(events: list[Any]) -> Any:
+        if failing:
+            raise error
+        return await FakeNode.submit(fake, events)
+
+    fake.submit = submit  # type: ignore[method-assign]
+    event = native_event()
+    with trio.fail_after(TIMEOUT), caplog.at_level(logging.WARNING):
+        async with running(fake, sock_path) as h, \
+                open_query_client(sock_path) as client:
+            with pytest.raises(RpcError) as info:
+                await client.call("events.submit", {"events": [event]})
+            assert info.value.code == STORE_ERROR
+            assert info.value.message.startswith(message), info.value.message
+            assert info.value.message.endswith(
+                "none of the events was stored, submit them again once this is fixed")
+            status = await client.call("node.status")  # the node answers on
+            assert event["event_id"] not in fake.stored
+            assert status["events"] == len(fake.stored)
+            failing = False  # room again: the same events are taken, nothing was lost
+            again = await client.call("events.submit", {"events": [event]})
+            assert [o["outcome"] for o in again["outcomes"]] == ["new"]
+            assert h.server.stats.store_errors == 1 and h.server.stats.internal_errors == 0
+    logged = [r for r in caplog.records if r.name == "pithnode.node.query_socket"
+              and r.levelno >= logging.WARNING]
+    assert len(logged) == 1 and logged[0].exc_info is None
+    assert "events.submit failed" in logged[0].getMessage()
+
+
+async def test_store_failures_of_reads_do_not_claim_a_submit(sock_path: Path) -> None:
+    fake = FakeNode()
+
+    async def resolve(identifier: str) -> str | None:
+        raise StoreIOError("cannot read the store: disk I/O error")
+
+    fake.resolve = resolve  # type: ignore[method-assign]
+    with trio.fail_after(TIMEOUT):
+        async with running(fake, sock_path), open_query_client(sock_path) as client:
+            with pytest.raises(RpcError) as info:
+                await client.call("record.state", {"id": GOLDEN_PN})
+    assert info.value.code == STORE_ERROR
+    assert info.value.message == ("store I/O error: cannot read the store: disk I/O error "
+                                  "(check free disk space and the permissions of the data "
+                                  "directory)")
 
 
 # --------------------------------------------------------------------------- limits

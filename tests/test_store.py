@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import os
 import random
 import sqlite3
 import subprocess
@@ -28,6 +30,8 @@ from pithnode.storage.errors import (
     NotAStore,
     SchemaTooNew,
     StoreError,
+    StoreFull,
+    StoreIOError,
     StoreLocked,
     StoreMissing,
 )
@@ -249,6 +253,27 @@ def test_a_failing_commit_leaves_nothing(store: Store, db: Path, keys: Keys,
     result = store.ingest(recs[1].natives + recs[2].natives, source="x", received_at=T0)
     assert result.new == len(recs[1].natives) + len(recs[2].natives)
     assert store.fsck().clean
+
+
+def test_no_room_is_told_apart_from_other_io_errors() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (b BLOB)")
+    conn.execute("PRAGMA max_page_count = 4")  # a database that cannot grow: SQLITE_FULL
+    with pytest.raises(sqlite3.Error) as full:
+        for _ in range(100):
+            conn.execute("INSERT INTO t VALUES (zeroblob(4096))")
+    conn.close()
+    err = migrate.translate(full.value, "cannot store the batch")
+    assert isinstance(err, StoreFull)
+    assert str(err) == "cannot store the batch: database or disk is full"
+    assert err.hint is not None and "free disk space" in err.hint
+    io = migrate.translate(sqlite3.OperationalError("disk I/O error"), "cannot store")
+    assert type(io) is StoreIOError
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        no_room = migrate.translate_os(OSError(code, os.strerror(code)), "cannot create x")
+        assert isinstance(no_room, StoreFull) and str(no_room).startswith("cannot create x: ")
+    denied = migrate.translate_os(OSError(errno.EACCES, "Permission denied"), "cannot create x")
+    assert type(denied) is StoreIOError and str(denied) == "cannot create x: Permission denied"
 
 
 def test_states_are_the_merge_of_stored_events(store: Store, spec: NetworkSpec, keys: Keys,

@@ -3,8 +3,9 @@
 The socket's decoder (``decode_request_line``) promises never to raise: every line becomes
 requests or error replies that can be written back. The HTTP mirror is driven as an ASGI app
 (a fake ``receive``/``send`` and ``tests.fake_node.FakeNode`` behind it): whatever the method,
-target, query and headers, it answers exactly one response and never lets an exception out;
-for targets an HTTP/1.1 server would pass on (visible ASCII), it never answers 500.
+target, query and headers, it answers exactly one response, never lets an exception out and
+never answers 500 (a target that is not visible ASCII, which HTTP/1.1 refuses, gets 400); a
+redirect's Location is visible ASCII, and the trailing-slash redirect keeps the exact bytes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 import cbor2
-import h2.config
-import h2.connection
 import httpx
 import pytest
 import trio
@@ -25,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pithnode.node.http_mirror import MAX_HEADER_LINES, MAX_PATH_BYTES, make_app, serve_http
+from pithnode.node.http_server import NOT_ASCII_TARGET
 from pithnode.node.metrics import NodeMetrics
 from pithnode.node.query_socket import (
     ERROR_CODES,
@@ -37,7 +37,6 @@ from pithnode.node.query_socket import (
 )
 from tests.fake_node import GOLDEN_PN, FakeNode
 from tests.fuzz import (
-    KnownBug,
     Target,
     check,
     corpus_cases,
@@ -49,6 +48,7 @@ from tests.fuzz import (
     peak_allocation,
     replay,
 )
+from tests.h2_client import H2Client, h2_request_headers
 
 # ---------------------------------------------------------------------------- the socket
 
@@ -165,8 +165,14 @@ def run_http(data: bytes) -> object:
     assert 200 <= status < 600
     assert all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in sent[0]["headers"])
     target = raw_path + b"?" + query
-    if set(target) <= VISIBLE_ASCII and method.isascii() and method.isupper():
-        assert status != 500, (method, target, sent[1]["body"][:200])
+    assert status != 500, (method, target, sent[1]["body"][:200])
+    if not set(target) <= VISIBLE_ASCII:
+        assert status in (400, 414), (target, status)
+    location = dict(sent[0]["headers"]).get(b"location")
+    if 300 <= status < 400 and status != 304:
+        assert location is not None and set(location) <= VISIBLE_ASCII, location
+    if status == 308 and len(raw_path) > 1 and raw_path.endswith(b"/"):  # trailing slash
+        assert location == raw_path[:-1] + (b"?" + query if query else b""), location
     return status
 
 
@@ -177,11 +183,7 @@ def _cbor(data: bytes) -> Any:
         return None
 
 
-SLASH_REDIRECT_NON_ASCII = KnownBug(
-    "http-slash-redirect-non-ascii", UnicodeEncodeError, r"latin-1",
-    "the trailing-slash redirect decodes the query with errors='replace' and puts U+FFFD in "
-    "the Location header, which _send cannot encode: the exception escapes the ASGI app")
-HTTP = Target("http_request", run_http, (), known_bugs=(SLASH_REDIRECT_NON_ASCII,))
+HTTP = Target("http_request", run_http, ())
 
 SUFFIX = GOLDEN_PN.rsplit(":", 1)[1]
 SEGMENTS = ("pith", "arxiv", "doi", ".well-known", "state.json", "bundle.json", "x.json",
@@ -224,45 +226,30 @@ def test_http_request(data: bytes) -> None:
 
 # ---------------------------------------------------------------------------- a real server
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-
-def _h2_get(path: bytes) -> bytes:
-    """The bytes of an HTTP/2 prior-knowledge GET of ``path`` (raw, not validated)."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(
-        client_side=True, header_encoding=None, validate_outbound_headers=False))
-    conn.initiate_connection()
-    conn.send_headers(1, [(b":method", b"GET"), (b":path", path), (b":scheme", b"http"),
-                          (b":authority", b"mirror.test")], end_stream=True)
-    data: bytes = conn.data_to_send()
-    assert data.startswith(H2_PREFACE)
-    return data
-
-
-async def _send_raw(url: str, data: bytes) -> None:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        await stream.send_all(data)
-        with trio.move_on_after(2):  # read what comes back until the server closes
-            while await stream.receive_some(65536):
-                pass
-
-
-@pytest.mark.xfail(strict=True, raises=BaseExceptionGroup, reason=(
-    "hypercorn 0.18 decodes an HTTP/2 :path as ASCII outside the app; the UnicodeDecodeError "
-    "escapes its connection handler and stops serve_http, and with it the whole node "
-    "(pithnode run exits): anyone who can reach the HTTP port can stop the node"))
 async def test_http2_non_ascii_path_does_not_stop_the_server() -> None:
+    """hypercorn 0.18 decodes an HTTP/2 :path as ASCII outside the app; the error used to
+    escape its connection handler and stop serve_http, and with it the node."""
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve_http, FakeNode(), host="127.0.0.1",
                                               port=0))
-            await _send_raw(url, _h2_get(b"/pith/\xc3\xa9/"))
+            h2c = await H2Client.open(url)
+            try:
+                bad = await h2c.response(await h2c.request(h2_request_headers(
+                    b"/pith/\xc3\xa9/")))
+                # the same connection goes on serving
+                ok = await h2c.response(await h2c.request(h2_request_headers(b"/healthz")))
+            finally:
+                await h2c.aclose()
             async with httpx.AsyncClient() as client:
                 resp = await client.get(f"{url}/healthz")
-            assert resp.status_code == 200
             nursery.cancel_scope.cancel()
+    assert (bad.status, bad.ended) == (400, True)
+    assert bad.headers[b"content-type"] == b"application/json"
+    assert json.loads(bad.body)["error"] == {"status": 400, "message": NOT_ASCII_TARGET}
+    assert (ok.status, ok.body) == (200, b'{"status":"ok"}')
+    assert resp.status_code == 200
 
 
 # ---------------------------------------------------------------------------- corpus and size
