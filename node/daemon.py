@@ -256,17 +256,19 @@ class Node:
                         "subject": ev.subject, "received_at": now, "source": source}
                 self.recent.appendleft(item)
                 self._notify({"kind": "event", **item})
-        for subject in result.records_touched:
+        if self._subscribers and result.records_touched:
+            touched = sorted(result.records_touched)
             try:
-                state = await self._svc().state(subject)
+                heads = await self._svc().state_heads(touched)
             except StoreError as exc:  # committed already: the outcomes stand, only the
-                # notification of the new state is lost
-                log.warning("no state notification for %s: %s", subject, exc)
-                continue
-            if state is not None:
-                self._notify({"kind": "state", "pith_number": subject,
-                              "state_sha256": state.state_sha256,
-                              "event_count": state.event_count})
+                # notifications of the new states are lost
+                log.warning("no state notifications for %d records: %s", len(touched), exc)
+                heads = {}
+            for subject in touched:
+                if subject in heads:
+                    sha, count = heads[subject]
+                    self._notify({"kind": "state", "pith_number": subject,
+                                  "state_sha256": sha, "event_count": count})
         peer = source.split(":", 1)[1] if ":" in source else None
         if peer in self.peers_info:
             self.peers_info[peer].received += sum(1 for o in outcomes if o.outcome == "new")

@@ -164,6 +164,10 @@ class StoreService:
         return await trio.to_thread.run_sync(self.store.state, identifier,
                                              limiter=self._limiter)
 
+    async def state_heads(self, subjects: Sequence[str]) -> dict[str, tuple[str, int]]:
+        return await trio.to_thread.run_sync(self.store.state_heads, subjects,
+                                             limiter=self._limiter)
+
     async def bundle(self, identifier: str) -> bytes | None:
         return await trio.to_thread.run_sync(self.store.bundle, identifier,
                                              limiter=self._limiter)

@@ -372,6 +372,20 @@ class Store:
             found = self._subject(conn, identifier)
             return None if found is None else self._state_of(conn, *found)
 
+    def state_heads(self, subjects: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """``{Pith Number: (state_sha256 hex, event_count)}`` of the stored records among
+        ``subjects`` (full Pith Numbers), one query per 900, no state document read."""
+        out: dict[str, tuple[str, int]] = {}
+        with self._read("cannot read states") as conn:
+            for i in range(0, len(subjects), 900):
+                chunk = list(subjects[i:i + 900])
+                marks = ",".join("?" * len(chunk))
+                for pith, sha, count in conn.execute(
+                        "SELECT r.pith, s.state_sha256, s.event_count FROM records r JOIN "
+                        f"states s ON s.record = r.id WHERE r.pith IN ({marks})", chunk):
+                    out[str(pith)] = (bytes(sha).hex(), int(count))
+        return out
+
     @staticmethod
     def _state_of(conn: sqlite3.Connection, record_id: int, pith: str) -> StoredState:
         row = conn.execute(

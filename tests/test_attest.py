@@ -790,3 +790,39 @@ def test_checkpoint_command_signs_the_store_when_no_node_runs(tmp_path: Path) ->
     assert json.loads(out)["tree_size"] == len(RECORDS)
     code, _, err = _run(["checkpoint", "--data-dir", str(tmp_path / "none"), "--offline"])
     assert code == 2 and "no node key" in err
+
+
+async def test_subscribers_get_each_new_event_and_each_touched_records_new_state(
+        tmp_path: Path) -> None:
+    async with running(tmp_path, 1, seed=()) as net:
+        node = net.nodes[0]
+        notes: list[dict[str, Any]] = []
+        subscribed = trio.Event()
+        events = ALL[:40]
+        subjects = {e.subject for e in events}
+
+        async def listen() -> None:
+            feed = node.subscribe()
+            assert isinstance(feed, AsyncGenerator)
+            try:
+                subscribed.set()  # the first __anext__ registers the subscriber
+                async for note in feed:
+                    notes.append(note)
+                    if {n["pith_number"] for n in notes if n["kind"] == "state"} >= subjects:
+                        return
+            finally:
+                with trio.CancelScope(shield=True):
+                    await feed.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listen)
+            await subscribed.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            await node.ingest(events, source="test")
+        assert {n["event_id"] for n in notes if n["kind"] == "event"} == \
+            {e.event_id for e in events}
+        for note in (n for n in notes if n["kind"] == "state"):
+            st = await node._svc().state(note["pith_number"])
+            assert st is not None
+            assert (note["state_sha256"], note["event_count"]) == (st.state_sha256,
+                                                                   st.event_count)

@@ -276,6 +276,17 @@ def test_no_room_is_told_apart_from_other_io_errors() -> None:
     assert type(denied) is StoreIOError and str(denied) == "cannot create x: Permission denied"
 
 
+def test_state_heads_name_each_stored_records_hash_and_count(store: Store, keys: Keys,
+                                                             recs: list[Record]) -> None:
+    load(store, keys, recs[:2])
+    missing = recs[2].pith
+    heads = store.state_heads([recs[0].pith, recs[1].pith, missing])
+    assert set(heads) == {recs[0].pith, recs[1].pith}
+    for pith, (sha, count) in heads.items():
+        st = store.state(pith)
+        assert st is not None and (sha, count) == (st.state_sha256, st.event_count)
+
+
 def test_states_are_the_merge_of_stored_events(store: Store, spec: NetworkSpec, keys: Keys,
                                                recs: list[Record]) -> None:
     load(store, keys, recs)
