@@ -160,6 +160,9 @@ class Event:
     #: canonical bytes of the envelope, set only by the parser (``dataclasses.replace``
     #: does not carry it over, so a modified copy recomputes its bytes)
     canonical: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    #: set by a successful :meth:`verify_native` (never carried over by ``replace``), so
+    #: an event checked by the gossip validator is not checked again by the store
+    verified: bool = field(default=False, init=False, compare=False, repr=False)
 
     @property
     def is_native(self) -> bool:
@@ -222,6 +225,8 @@ class Event:
         """Check a native event's id, key and signature; None when valid, else a reason."""
         if self.signature is None:
             return "not_native"
+        if self.verified:
+            return None
         digest = sha256_raw(canonical_json(self.core()))
         if self.event_id != "sha256:" + digest.hex():
             return "event_id_mismatch"
@@ -233,6 +238,7 @@ class Event:
             return "fingerprint_mismatch"
         if not verify_digest(pub, digest, self.signature):
             return "bad_signature"
+        object.__setattr__(self, "verified", True)
         return None
 
 

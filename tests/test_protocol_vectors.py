@@ -8,6 +8,7 @@ Signing keys here are fixed test seeds, never the registry's key.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -159,3 +160,16 @@ def test_alias_normalisation(text: str, expected: tuple[str, str]) -> None:
 def test_bad_pith_numbers_are_refused(bad: str) -> None:
     with pytest.raises(InputError):
         parse_pith_number(bad)
+
+
+def test_a_verified_event_is_not_checked_again_but_a_changed_copy_is() -> None:
+    ev = make_native_event(
+        TEST_KEY, event_type="mirror_hint", subject=SUBJECT,
+        payload={"base_urls": ["http://127.0.0.1:8080"], "multiaddrs": [], "prefixes": ["32"]},
+        created_at="2026-06-01T00:00:00Z", signer_id="node-a", signer_type="node")
+    parsed = event_from_json(json.loads(ev.canonical_bytes()))
+    assert not parsed.verified
+    assert parsed.verify_native() is None and parsed.verified
+    assert dataclasses.replace(parsed, signature=bytes(64)).verify_native() == "bad_signature"
+    moved = dataclasses.replace(parsed, payload={**parsed.payload, "prefixes": ["33"]})
+    assert not moved.verified and moved.verify_native() == "event_id_mismatch"
