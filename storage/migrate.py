@@ -43,8 +43,8 @@ JOURNAL_SIZE_LIMIT = 64 << 20
 #: Page cache of the write connection and of each read connection, in KiB (negative
 #: cache_size means KiB). Small: the OS page cache holds the file anyway, and every read
 #: connection of the pool keeps its own cache, which counts in the process' memory.
-CACHE_KIB = 8 << 10
-READ_CACHE_KIB = 2 << 10
+CACHE_KIB = 4 << 10
+READ_CACHE_KIB = 1 << 10
 _STEP_RE = re.compile(r"([0-9]{4})_[a-z0-9_]+\.sql")
 
 

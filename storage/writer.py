@@ -31,8 +31,8 @@ __all__ = ["RECENT_MAX_EVENTS", "BatchWriter"]
 
 #: Decoded events of recently merged records kept in memory, so re-merging a record that
 #: a recent batch touched decodes nothing. A decoded event takes a few KB, so this keeps
-#: the cache to some tens of MB.
-RECENT_MAX_EVENTS = 8_000
+#: the cache under about 10 MB. (Records a batch creates are never read back at all.)
+RECENT_MAX_EVENTS = 2_000
 
 Events = list[tuple[bytes, Event]]
 _LOOKUPS = ("event_types", "sources", "signers")
