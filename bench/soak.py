@@ -51,6 +51,8 @@ NODES = 5
 SAMPLE_S = 10.0
 REPORT_S = 60.0
 RSS_TOLERANCE = 0.10
+#: Seconds of life after warm-up a process needs before its RSS growth is judged.
+MIN_JUDGED_S = 120.0
 
 
 @dataclass
@@ -73,8 +75,8 @@ class Incarnation:
 
     def stability(self, warmup: float) -> dict[str, Any] | None:
         late = [(t, r) for t, r in self.samples if t - self.started >= warmup]
-        if len(late) < 2:
-            return None
+        if len(late) < 2 or late[-1][0] - late[0][0] < MIN_JUDGED_S:
+            return None  # too short a life after warm-up to say anything about growth
         base = late[0][1]
         peak = max(r for _, r in late)
         return {"node": self.node, "pid": self.pid, "lived_s": round(late[-1][0] - self.started),
@@ -363,8 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=20.0, help="events per second")
     p.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills")
     p.add_argument("--down", type=float, default=5.0, help="seconds a killed node stays down")
-    p.add_argument("--warmup", type=float, default=60.0,
-                   help="seconds after a start before RSS must hold steady")
+    p.add_argument("--warmup", type=float, default=120.0,
+                   help="seconds after a start before RSS must hold steady (the bounded "
+                        "caches fill meanwhile; a process must then live another "
+                        f"{MIN_JUDGED_S:.0f} s to be judged)")
     p.add_argument("--settle", type=float, default=120.0,
                    help="seconds allowed after the traffic for every node to catch up")
     p.add_argument("--seed", type=int, default=1)
