@@ -53,8 +53,9 @@ def _alias_ok(a: Any) -> bool:
 
 
 #: Entries kept in a spec's memo (least recently used go first). An entry can hold a
-#: whole admission (decoded registry events), so this bounds memory to some tens of MB.
-MEMO_LIMIT = 4096
+#: whole admission (decoded registry events, ~10 KB), so this bounds it to about 10 MB;
+#: enough for the records of one ingest batch, whose receipts are checked before merging.
+MEMO_LIMIT = 1024
 
 
 def _memo(spec: NetworkSpec, key: tuple[str, bytes | str], compute: Callable[[], T]) -> T:

@@ -30,9 +30,10 @@ from .migrate import translate
 __all__ = ["RECENT_MAX_EVENTS", "BatchWriter"]
 
 #: Decoded events of recently merged records kept in memory, so re-merging a record that
-#: a recent batch touched decodes nothing. A decoded event takes a few KB, so this keeps
-#: the cache under about 10 MB. (Records a batch creates are never read back at all.)
-RECENT_MAX_EVENTS = 2_000
+#: a recent batch touched decodes nothing (a hot record with thousands of events would
+#: otherwise be decoded again for every batch). A decoded event takes a few KB, so this
+#: keeps the cache to about 15 MB. Records a batch creates are never read back at all.
+RECENT_MAX_EVENTS = 4_000
 
 Events = list[tuple[bytes, Event]]
 _LOOKUPS = ("event_types", "sources", "signers")
@@ -192,7 +193,7 @@ class BatchWriter:
 
     def _remember(self, merged: dict[int, Events]) -> None:
         for record, events in merged.items():
-            if len(events) <= RECENT_MAX_EVENTS // 4:
+            if len(events) <= RECENT_MAX_EVENTS:
                 self._recent[record] = events
                 self._recent_events += len(events)
         while self._recent_events > RECENT_MAX_EVENTS and self._recent:
