@@ -33,7 +33,7 @@ _V = TypeVar("_V")
 #: Signers whose token buckets are remembered (least recently seen are forgotten).
 MAX_TRACKED_SIGNERS = 10_000
 #: Event ids remembered to drop duplicates before they reach the store.
-MAX_SEEN_IDS = 50_000
+MAX_SEEN_IDS = 10_000
 #: Events waiting to be published; beyond this, publish() blocks (back-pressure).
 OUTBOX_EVENTS = 10_000
 #: Batches remembered between validation and delivery (validated messages' decoded events,
