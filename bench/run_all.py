@@ -69,7 +69,9 @@ def render(results: list[dict[str, Any]], mach: dict[str, Any], quick: bool) -> 
              "Every ratio compares two figures measured in the same run on the same machine.",
              ""]
     for res in results:
-        lines += [f"## {res['name']}", "", f"Command: `{res['command']}`", ""]
+        lines += [f"## {res['name']}", "", f"Command: `{res['command']}`"
+                  + (f" (finished {res['finished']}, {res['seconds']:,.0f} s)"
+                     if res.get("finished") else ""), ""]
         if res.get("error"):
             lines += [f"**Did not complete:** {res['error']}", ""]
             continue
@@ -95,11 +97,19 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     ap.add_argument("--only", nargs="*", help="run only these benchmarks")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--results", metavar="DIR",
+                    help="keep each benchmark's result here; with --only, the report also "
+                         "takes the other benchmarks' results from here (their own runs)")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        keep = Path(args.results) if args.results else Path(tmp)
+        keep.mkdir(parents=True, exist_ok=True)
         for name, script, full, quick in BENCHMARKS:
+            kept = keep / f"{name}.result.json"
             if args.only and name not in args.only:
+                if args.results and kept.exists():
+                    results.append(json.loads(kept.read_text()))
                 continue
             out = Path(tmp) / f"{name}.json"
             extra = quick if args.quick else full
@@ -116,6 +126,8 @@ def main() -> int:
                 raw = json.loads(out.read_text())
                 res["raw"] = raw
                 res["figures"] = raw.get("figures", raw) if isinstance(raw, dict) else raw
+            res["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            kept.write_text(json.dumps(res, indent=2) + "\n")
             results.append(res)
     report = render(results, machine(), args.quick)
     Path(args.out).write_text(report + "\n")
