@@ -58,7 +58,7 @@ devnet: install
 	$(BIN)/python -m pithnode.node.devnet $(DEVNET_ARGS)
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 fuzz: install
 	$(BIN)/python -m pytest tests/fuzz --hypothesis-profile=long $(PYTEST_ARGS)
