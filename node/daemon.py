@@ -345,10 +345,10 @@ class Node:
 
     async def _refresh_gauges(self) -> None:
         while True:
-            stats = await self._svc().stats()
-            self.metrics.records.set(stats.records)
-            self.metrics.events.set(stats.events)
-            self.metrics.store_size_bytes.set(stats.file_bytes)
+            counts = await self._svc().counts()  # not stats(): that scans every object
+            self.metrics.records.set(counts.records)
+            self.metrics.events.set(counts.events)
+            self.metrics.store_size_bytes.set(counts.file_bytes)
             self._export_gossip_counters()
             await trio.sleep(5)
 

@@ -22,7 +22,14 @@ import trio
 
 from pithnode.protocol.events import Event
 from pithnode.storage.errors import StoreClosed, StoreError
-from pithnode.storage.results import EventOutcome, IngestResult, Provenance, StoredState, StoreStats
+from pithnode.storage.results import (
+    EventOutcome,
+    IngestResult,
+    Provenance,
+    StoreCounts,
+    StoredState,
+    StoreStats,
+)
 from pithnode.storage.store import MAX_BATCH_EVENTS, Store
 
 if TYPE_CHECKING:
@@ -202,3 +209,6 @@ class StoreService:
 
     async def stats(self) -> StoreStats:
         return await trio.to_thread.run_sync(self.store.stats, limiter=self._limiter)
+
+    async def counts(self) -> StoreCounts:
+        return await trio.to_thread.run_sync(self.store.counts, limiter=self._limiter)

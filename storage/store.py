@@ -63,6 +63,7 @@ from .results import (
     IngestResult,
     IngestSummary,
     Provenance,
+    StoreCounts,
     StoredState,
     StoreStats,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "IngestSummary",
     "Provenance",
     "Store",
+    "StoreCounts",
     "StoreStats",
     "StoredState",
 ]
@@ -588,6 +590,8 @@ class Store:
         return str(row[0]) if row else None
 
     def stats(self) -> StoreStats:
+        """Every figure, including the objects' sizes: this scans the objects table (about
+        0.3 s for 100,000 records); :meth:`counts` is the cheap part."""
         with self._read("cannot read statistics", snapshot=True) as conn:
             records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
             events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -595,11 +599,21 @@ class Store:
                 "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(length(data)), 0) "
                 "FROM objects").fetchone()
             invalid = conn.execute("SELECT count(*) FROM invalid_events").fetchone()[0]
+        return StoreStats(records, events, objects, invalid, size, stored, self._file_bytes())
+
+    def counts(self) -> StoreCounts:
+        """Records, events and file size, from the indexes (what the metrics gauges show)."""
+        with self._read("cannot read statistics", snapshot=True) as conn:
+            records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+            events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        return StoreCounts(records, events, self._file_bytes())
+
+    def _file_bytes(self) -> int:
         files = 0
         for p in (self.path, self.path.with_name(self.path.name + "-wal")):
             with suppress(FileNotFoundError):
                 files += p.stat().st_size
-        return StoreStats(records, events, objects, invalid, size, stored, files)
+        return files
 
     # -- checking ---------------------------------------------------------------------------
     def fsck(self, repair: bool = False, *, verify_signatures: bool = False) -> FsckReport:
