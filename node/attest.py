@@ -1093,7 +1093,7 @@ class Attestor:
                 await trio.sleep_until(self._last_repair + self.limits.repair_min_gap_s)
             self._repairing = True
             self._last_repair = trio.current_time()
-            report = await trio.to_thread.run_sync(partial(svc.store.fsck, repair=True))
+            report = await svc.repair()
             self._store_changed = True
             dropped = list(report.dropped_events)
             log.warning("repair after %s: dropped %d damaged event(s)", req.reason,

@@ -30,7 +30,7 @@ from pithnode.protocol.wire import prefixes_match
 from pithnode.storage.errors import StoreCorrupt
 from pithnode.storage.store import Store
 
-from .api import NotFound, RecordView, SubmitOutcome
+from .api import NotFound, RecordView, Served, SubmitOutcome
 from .attest import Attestor
 from .config import NodeConfig
 from .gossip import Gossip
@@ -39,6 +39,7 @@ from .metrics import NodeMetrics
 from .paths import socket_path
 from .pull import run_scheduled_pull
 from .query_socket import QuerySocketServer
+from .read_cache import CacheLimits, ReadCache
 from .store_service import StoreService
 from .sync import SYNC_PROTOCOL, SyncEngine, SyncFailed, SyncResult
 from .transport import (
@@ -148,7 +149,8 @@ class Node:
     async def run(self, *, task_status: TaskStatus[Ready] = trio.TASK_STATUS_IGNORED) -> None:
         store_path = self.data_dir / "store.sqlite"
         self.store = await trio.to_thread.run_sync(lambda: Store(store_path, self.spec))
-        self.service = StoreService(self.store, clock=self.wall)
+        cache = ReadCache(CacheLimits(self.cfg.cache.max_bytes, self.cfg.cache.max_names))
+        self.service = StoreService(self.store, clock=self.wall, cache=cache)
         self.started_at = self.wall()
         attest_enabled = self.attestor is not None
         try:
@@ -414,12 +416,18 @@ class Node:
         except InputError:
             return None
 
-    async def state_bytes(self, pith_number: str) -> tuple[bytes, str] | None:
-        st = await self._svc().state(pith_number)
-        return None if st is None else (st.data, st.state_sha256)
+    async def served_state(self, identifier: str) -> Served | None:
+        try:
+            st = await self._svc().state(identifier)
+        except InputError:
+            return None
+        return None if st is None else Served(st.pith_number, st.data, st.state_sha256)
 
-    async def bundle_bytes(self, pith_number: str) -> bytes | None:
-        return await self._svc().bundle(pith_number)
+    async def served_bundle(self, identifier: str) -> Served | None:
+        try:
+            return await self._svc().bundle(identifier)
+        except InputError:
+            return None
 
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         subject = await self.resolve(pith_number)

@@ -355,25 +355,21 @@ class MirrorApp:
     # ------------------------------------------------------------ documents
 
     async def _document(self, ident: str, kind: str, req: Request) -> Response:
-        full = await self._resolve(ident)
-        suffix = parse_pith_number(full).suffix
+        with _api_errors():  # one lookup: a cached record never leaves the trio thread
+            found = await (self.api.served_state(ident) if kind == "state"
+                           else self.api.served_bundle(ident))
+        if found is None:  # no identifier (400), no record (404), or a record without it
+            full = await self._resolve(ident)
+            raise HttpError(404, f"this node holds no {kind.replace('well_known', 'bundle')} "
+                                 f"document for {full}")
+        suffix = found.pith_number.rpartition(":")[2]
         if ident != suffix:
             path = (f"/.well-known/pith/{suffix}/bundle.json" if kind == "well_known"
                     else f"/pith/{suffix}/{kind}.json")
             return self._redirect(ident, suffix, path)
-        with _api_errors():
-            if kind == "state":
-                found = await self.api.state_bytes(full)
-                body, etag = (None, "") if found is None else (found[0], found[1])
-            else:
-                body = await self.api.bundle_bytes(full)
-                etag = "" if body is None else hashlib.sha256(body).hexdigest()
-        if body is None:
-            raise HttpError(404, f"this node holds no {kind.replace('well_known', 'bundle')} "
-                                 f"document for {full}")
-        return Response(200, body, JSON, (("ETag", f'"{etag}"'),
-                                          ("Cache-Control", DOCUMENT_CACHE),
-                                          ("Access-Control-Allow-Origin", "*")))
+        return Response(200, found.data, JSON, (("ETag", f'"{found.etag}"'),
+                                                ("Cache-Control", DOCUMENT_CACHE),
+                                                ("Access-Control-Allow-Origin", "*")))
 
     async def _manifest(self, req: Request) -> Response:
         body = _json_bytes(await self.api.manifest())

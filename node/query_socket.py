@@ -472,20 +472,19 @@ async def _h_resolve(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> 
 
 
 async def _h_state(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> Any:
-    pn = await _pith_number(srv.api, p["id"])
-    found = await srv.api.state_bytes(pn)
+    found = await srv.api.served_state(p["id"])
     if found is None:
-        raise NotFound(f"no state for {pn}")
-    raw, sha = found
-    return Spliced({"pith_number": pn, "state_sha256": sha}, "state", _document(raw, "state"))
+        raise NotFound(f"no record known as {_short(p['id'], 80)}")
+    return Spliced({"pith_number": found.pith_number, "state_sha256": found.etag}, "state",
+                   _document(found.data, "state"))
 
 
 async def _h_bundle(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> Any:
-    pn = await _pith_number(srv.api, p["id"])
-    raw = await srv.api.bundle_bytes(pn)
-    if raw is None:
-        raise NotFound(f"no bundle for {pn}")
-    return Spliced({"pith_number": pn}, "bundle", _document(raw, "bundle"))
+    found = await srv.api.served_bundle(p["id"])
+    if found is None:
+        raise NotFound(f"no record known as {_short(p['id'], 80)}")
+    return Spliced({"pith_number": found.pith_number}, "bundle", _document(found.data,
+                                                                          "bundle"))
 
 
 async def _h_events(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> Any:

@@ -8,14 +8,22 @@ commits it all in one transaction (``Store.ingest_group``) on a worker thread, s
 thread never blocks on SQLite. Reads go to the store's read connections through
 ``trio.to_thread.run_sync``. The service also implements what sync and gossip need of a
 store (``node.sync.SyncStore``).
+
+Served documents and resolved names are kept in a :class:`~pithnode.node.read_cache.ReadCache`:
+``state``, ``bundle`` and ``resolve`` answer what it holds on the trio thread, and read the
+store (one worker-thread call) only on a miss. The writer invalidates the records each commit
+touched before it wakes the callers waiting for that commit, so a caller that saw its ingest
+committed reads the new state. ``repair`` (a fsck repair) clears the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -30,7 +38,10 @@ from pithnode.storage.results import (
     StoredState,
     StoreStats,
 )
-from pithnode.storage.store import MAX_BATCH_EVENTS, Store
+from pithnode.storage.store import MAX_BATCH_EVENTS, FsckReport, Store
+
+from .api import Served
+from .read_cache import ReadCache
 
 if TYPE_CHECKING:
     # trio-typing (pulled in by libp2p) ships stubs that shadow trio's own annotations.
@@ -69,8 +80,9 @@ class StoreService:
 
     def __init__(self, store: Store, *, queue_size: int = DEFAULT_QUEUE,
                  clock: Callable[[], float] = time.time,
-                 readers: int = DEFAULT_READERS) -> None:
+                 readers: int = DEFAULT_READERS, cache: ReadCache | None = None) -> None:
         self.store = store
+        self.cache = cache if cache is not None else ReadCache()
         self._clock = clock
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
         self._limiter = trio.CapacityLimiter(readers)
@@ -115,16 +127,30 @@ class StoreService:
     async def _commit(self, group: list[_Request]) -> None:
         parts = [(r.events, r.source, r.received_at) for r in group]
         try:
-            results = await trio.to_thread.run_sync(self.store.ingest_group, parts)
+            results, touched, keys = await trio.to_thread.run_sync(self._write, parts)
         except StoreError as exc:
             # the batch is not stored; its callers get the error, the writer carries on
             log.error("ingest of %d events failed: %s", sum(len(p[0]) for p in parts), exc)
             for req in group:
                 req.finish(None, exc)
             return
+        # before anyone learns of the commit: no read after it may see a cached old state
+        self.cache.invalidate(touched, keys)
         self.batches += 1
         for req, result in zip(group, results, strict=True):
             req.finish(result, None)
+
+    def _write(self, parts: Sequence[tuple[Sequence[Event], str, float]]
+               ) -> tuple[list[IngestResult], set[str], set[tuple[str, str]] | None]:
+        """(worker thread) Commit; then the touched records and their alias keys now."""
+        results = self.store.ingest_group(parts)
+        touched = {s for r in results for s in r.records_touched}
+        try:
+            keys = self.store.alias_keys(touched) if touched else set()
+        except StoreError as exc:  # committed all the same: the cache forgets every name
+            log.warning("cannot read the aliases of the records a commit touched: %s", exc)
+            keys = None
+        return results, touched, keys
 
     # -- writes ------------------------------------------------------------------------------
     async def ingest(self, events: Sequence[Event], *, source: str,
@@ -162,18 +188,63 @@ class StoreService:
         result = await self.ingest(events, source=source)
         return result.new, result.duplicate, result.rejected
 
+    async def repair(self, *, verify_signatures: bool = False) -> FsckReport:
+        """Rebuild every index and state from the objects (``Store.fsck(repair=True)``),
+        dropping damaged objects; the read cache starts afresh."""
+        self.cache.clear()
+        try:
+            return await trio.to_thread.run_sync(partial(
+                self.store.fsck, repair=True, verify_signatures=verify_signatures))
+        finally:
+            self.cache.clear()
+
     # -- reads -------------------------------------------------------------------------------
     async def resolve(self, identifier: str) -> str | None:
-        return await trio.to_thread.run_sync(self.store.resolve, identifier,
+        """The full Pith Number ``identifier`` names; raises ``InputError`` for text that is
+        no identifier (unless cached, which it then is)."""
+        cache = self.cache
+        pith = cache.pith_of(identifier)
+        if pith is not None:
+            return pith
+        ticket = cache.ticket
+        pith = await trio.to_thread.run_sync(self.store.resolve, identifier,
                                              limiter=self._limiter)
+        if pith is not None:
+            cache.put_name(ticket, identifier, pith)
+        return pith
 
     async def state(self, identifier: str) -> StoredState | None:
-        return await trio.to_thread.run_sync(self.store.state, identifier,
-                                             limiter=self._limiter)
+        """The state of the record ``identifier`` names: cached, or one store read."""
+        cache = self.cache
+        st = cache.state(identifier)
+        if st is not None:
+            return st
+        ticket = cache.ticket
+        st = await trio.to_thread.run_sync(self.store.state, identifier,
+                                           limiter=self._limiter)
+        if st is not None:
+            cache.put_state(ticket, identifier, st)
+        return st
 
-    async def bundle(self, identifier: str) -> bytes | None:
-        return await trio.to_thread.run_sync(self.store.bundle, identifier,
-                                             limiter=self._limiter)
+    async def bundle(self, identifier: str) -> Served | None:
+        """The served bundle of the record ``identifier`` names (ETag: its SHA-256)."""
+        cache = self.cache
+        served = cache.bundle(identifier)
+        if served is not None:
+            return served
+        ticket = cache.ticket
+        served = await trio.to_thread.run_sync(self._read_bundle, identifier,
+                                               limiter=self._limiter)
+        if served is not None:
+            cache.put_bundle(ticket, identifier, served)
+        return served
+
+    def _read_bundle(self, identifier: str) -> Served | None:
+        found = self.store.record_bundle(identifier)
+        if found is None:
+            return None
+        pith, data = found
+        return Served(pith, data, hashlib.sha256(data).hexdigest())
 
     async def events(self, identifier: str) -> list[Event]:
         return await trio.to_thread.run_sync(self.store.events, identifier,

@@ -431,6 +431,11 @@ class Store:
         Holds the record and aliases (from its state), every admitted registry event, then
         every stored event (import attestations last); the same events give the same bytes.
         """
+        found = self.record_bundle(identifier)
+        return None if found is None else found[1]
+
+    def record_bundle(self, identifier: str) -> tuple[str, bytes] | None:
+        """(Pith Number, served bundle bytes) of the record ``identifier`` names."""
         with self._read("cannot read a bundle", snapshot=True) as conn:
             found = self._subject(conn, identifier)
             if found is None:
@@ -441,7 +446,22 @@ class Store:
         registry, _ = self._admissions(e for e in natives if e.event_type == "registry_import")
         data: bytes = build_bundle(st.pith_number, current["canonical_record"],
                                    current["source_aliases"], registry + natives)
-        return data
+        return st.pith_number, data
+
+    def alias_keys(self, pith_numbers: Iterable[str]) -> set[tuple[str, str]]:
+        """Every (kind, value) lookup key that names one of these records now: the keys
+        :meth:`resolve` may answer with one of them (a read cache drops those names after
+        a commit touched the records)."""
+        wanted = sorted(set(pith_numbers))
+        keys: set[tuple[str, str]] = set()
+        with self._read("cannot read aliases", snapshot=True) as conn:
+            for i in range(0, len(wanted), IN_CHUNK):
+                chunk = wanted[i:i + IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                keys.update((str(k), str(v)) for k, v in conn.execute(
+                    "SELECT a.kind, a.value FROM aliases a JOIN records r ON r.id = a.record "
+                    f"WHERE r.pith IN ({marks})", chunk))
+        return keys
 
     def event(self, event_id: EventRef) -> Event | None:
         """A stored event, or a registry event carried by a stored import attestation."""
