@@ -652,7 +652,7 @@ class Attestor:
         """Evidence, audit failures and attestations of one record; (finished, signed)."""
         svc = self._svc()
         try:
-            st = await svc.state(pn)
+            st = await svc.state(pn, cached=False)  # a scan: leave the cache alone
             if st is None:
                 return True, 0
             doc = json.loads(st.data)
@@ -858,7 +858,7 @@ class Attestor:
         peers = self._peer_fingerprints()
         out = []
         for pn in records:
-            st = await svc.state(pn)
+            st = await svc.state(pn, cached=False)  # a scan: leave the cache alone
             if st is None:
                 continue
             for e in json.loads(st.data)["current"]["storage_attestations"]:

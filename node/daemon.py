@@ -141,6 +141,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.ready: Ready | None = None
         self._gossip_exported: dict[tuple[str, str], int] = {}
+        self._cache_exported: dict[str, int] = {}
         #: the attestation services; tests may run their own (``attest=False``) and set it
         self.attestor: Attestor | None = (Attestor(self, cfg.attest)
                                           if attest and cfg.attest.enabled else None)
@@ -239,8 +240,8 @@ class Node:
                         "subject": ev.subject, "received_at": now, "source": source}
                 self.recent.appendleft(item)
                 self._notify({"kind": "event", **item})
-        for subject in result.records_touched:
-            state = await self._svc().state(subject)
+        for subject in result.records_touched:  # (a bulk sync touches many: not cached)
+            state = await self._svc().state(subject, cached=False)
             if state is not None:
                 self._notify({"kind": "state", "pith_number": subject,
                               "state_sha256": state.state_sha256,
@@ -352,7 +353,18 @@ class Node:
             self.metrics.events.set(counts.events)
             self.metrics.store_size_bytes.set(counts.file_bytes)
             self._export_gossip_counters()
+            self._export_cache_figures()
             await trio.sleep(5)
+
+    def _export_cache_figures(self) -> None:
+        cache = self._svc().cache
+        for result, value in (("hit", cache.stats.hits), ("miss", cache.stats.misses)):
+            delta = value - self._cache_exported.get(result, 0)
+            if delta > 0:
+                self.metrics.read_cache_lookups.labels(result).inc(delta)
+            self._cache_exported[result] = value
+        self.metrics.read_cache_bytes.set(cache.bytes)
+        self.metrics.read_cache_documents.set(cache.documents)
 
     def _export_gossip_counters(self) -> None:
         """Prometheus counters only go up: add what the gossip engine counted since last."""
@@ -398,7 +410,16 @@ class Node:
                        "events_out": g.events_out, "rejected": g.rejected_messages,
                        "rate_limited": g.rate_limited, "duplicates": g.duplicates},
             "attest": self.attestor.status() if self.attestor is not None else None,
+            "read_cache": self._cache_status(),
         }
+
+    def _cache_status(self) -> dict[str, Any]:
+        cache = self._svc().cache
+        s = cache.stats
+        return {"max_bytes": cache.limits.max_bytes, "bytes": cache.bytes,
+                "documents": cache.documents, "names": cache.names, "hits": s.hits,
+                "misses": s.misses, "evictions": s.evictions, "invalidated": s.invalidated,
+                "stale_fills": s.stale_fills}
 
     async def peers(self) -> list[dict[str, Any]]:
         connected = {str(p) for p in self.transport.connected_peers()}
@@ -418,10 +439,9 @@ class Node:
 
     async def served_state(self, identifier: str) -> Served | None:
         try:
-            st = await self._svc().state(identifier)
+            return await self._svc().served_state(identifier)
         except InputError:
             return None
-        return None if st is None else Served(st.pith_number, st.data, st.state_sha256)
 
     async def served_bundle(self, identifier: str) -> Served | None:
         try:
@@ -602,6 +622,8 @@ class Node:
 
     def metrics_text(self) -> bytes:
         self._export_gossip_counters()
+        if self.service is not None:
+            self._export_cache_figures()
         return self.metrics.render()
 
 

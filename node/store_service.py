@@ -213,8 +213,16 @@ class StoreService:
             cache.put_name(ticket, identifier, pith)
         return pith
 
-    async def state(self, identifier: str) -> StoredState | None:
-        """The state of the record ``identifier`` names: cached, or one store read."""
+    async def state(self, identifier: str, *, cached: bool = True) -> StoredState | None:
+        """The state of the record ``identifier`` names: cached, or one store read.
+
+        ``cached=False`` reads the store and leaves the cache as it is: for scans over many
+        records (attestations, notifications of a bulk ingest), which would evict what
+        clients ask for, and which want a damaged stored state found now.
+        """
+        if not cached:
+            return await trio.to_thread.run_sync(self.store.state, identifier,
+                                                 limiter=self._limiter)
         cache = self.cache
         st = cache.state(identifier)
         if st is not None:
@@ -225,6 +233,21 @@ class StoreService:
         if st is not None:
             cache.put_state(ticket, identifier, st)
         return st
+
+    async def served_state(self, identifier: str) -> Served | None:
+        """The served state document of the record ``identifier`` names (ETag: its
+        state_sha256): the query path, answered on the trio thread when cached."""
+        cache = self.cache
+        served = cache.served_state(identifier)
+        if served is not None:
+            return served
+        ticket = cache.ticket
+        st = await trio.to_thread.run_sync(self.store.state, identifier,
+                                           limiter=self._limiter)
+        if st is None:
+            return None
+        cache.put_state(ticket, identifier, st)
+        return Served(st.pith_number, st.data, st.state_sha256)
 
     async def bundle(self, identifier: str) -> Served | None:
         """The served bundle of the record ``identifier`` names (ETag: its SHA-256)."""
