@@ -78,6 +78,14 @@ class NodeAPI(Protocol):
         """The served bundle of the record an identifier names, like ``served_state``; the
         ETag is the SHA-256 of the bundle's bytes."""
 
+    def cached_state(self, identifier: str) -> Served | None:
+        """What ``served_state`` would answer, if the node holds it in memory now; None
+        means "ask ``served_state``" (not "unknown"). Not async: the query socket answers
+        from it inline, without starting a task."""
+
+    def cached_bundle(self, identifier: str) -> Served | None:
+        """What ``served_bundle`` would answer, if held in memory now (else None)."""
+
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         """Every stored event of a record (wire form), in (created_at, event_id) order."""
 

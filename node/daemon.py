@@ -449,6 +449,12 @@ class Node:
         except InputError:
             return None
 
+    def cached_state(self, identifier: str) -> Served | None:
+        return None if self.service is None else self.service.cache.peek_state(identifier)
+
+    def cached_bundle(self, identifier: str) -> Served | None:
+        return None if self.service is None else self.service.cache.peek_bundle(identifier)
+
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         subject = await self.resolve(pith_number)
         if subject is None:

@@ -167,12 +167,22 @@ class ReadCache:
         e = self._lookup(_BUNDLE, identifier)
         return None if e is None else Served(e[1], e[2], e[3])
 
-    def _lookup(self, kind: str, identifier: str) -> _StateEntry | _BundleEntry | None:
+    def peek_state(self, identifier: str) -> Served | None:
+        """``served_state``, but a miss is not counted (the caller asks again on a miss)."""
+        e = self._lookup(_STATE, identifier, count_miss=False)
+        return None if e is None else Served(e[1], e[2], e[3])
+
+    def peek_bundle(self, identifier: str) -> Served | None:
+        e = self._lookup(_BUNDLE, identifier, count_miss=False)
+        return None if e is None else Served(e[1], e[2], e[3])
+
+    def _lookup(self, kind: str, identifier: str, *, count_miss: bool = True
+                ) -> _StateEntry | _BundleEntry | None:
         name = self._names.get(identifier)
         key = kind + (identifier if name is None else name[0])
         entry = self._docs.get(key)
         if entry is None:
-            self.stats.misses += 1
+            self.stats.misses += count_miss
             return None
         if name is not None:
             self._names.move_to_end(identifier)

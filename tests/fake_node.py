@@ -166,6 +166,20 @@ class FakeNode:
         return None if rec is None else Served(rec.pith_number, rec.bundle_bytes,
                                                hashlib.sha256(rec.bundle_bytes).hexdigest())
 
+    def cached_state(self, identifier: str) -> Served | None:
+        """Like a node holding its records in memory by Pith Number: a full Pith Number is
+        answered at once (the socket's inline path), anything else by ``served_state``."""
+        self._enter("cached_state")
+        rec = self.records.get(identifier)
+        return None if rec is None else Served(rec.pith_number, rec.state_bytes,
+                                               rec.state_sha256)
+
+    def cached_bundle(self, identifier: str) -> Served | None:
+        self._enter("cached_bundle")
+        rec = self.records.get(identifier)
+        return None if rec is None else Served(rec.pith_number, rec.bundle_bytes,
+                                               hashlib.sha256(rec.bundle_bytes).hexdigest())
+
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         self._enter("events")
         rec = self.records.get(pith_number)

@@ -307,6 +307,12 @@ class FakeMirrorNode:
         return None if r is None else Served(r.full, r.bundle,
                                              hashlib.sha256(r.bundle).hexdigest())
 
+    def cached_state(self, identifier: str) -> Served | None:
+        return None  # the HTTP mirror asks served_state
+
+    def cached_bundle(self, identifier: str) -> Served | None:
+        return None
+
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         r = self.records.get(pith_number)
         if r is None:
