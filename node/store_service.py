@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import outcome
 import trio
 
 from pithnode.protocol.events import Event
@@ -55,6 +57,31 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE = 64
 #: Worker threads reading at once.
 DEFAULT_READERS = 8
+#: Reader lanes for the query path's store reads (states, names): each hands the reads
+#: queued meanwhile, up to MAX_READ_BATCH, to one worker thread at once.
+DEFAULT_READ_LANES = 2
+MAX_READ_BATCH = 32
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False, slots=True)
+class _Read:
+    fn: Callable[[], Any]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: outcome.Outcome[Any] | None = None
+
+
+def _run_reads(batch: Sequence[_Read]) -> list[outcome.Outcome[Any]]:
+    return [outcome.capture(r.fn) for r in batch]
+
+
+def _finish(batch: Sequence[_Read], results: Sequence[outcome.Outcome[Any]]) -> None:
+    """Hand each read its result; reads without one get StoreClosed."""
+    for i, read in enumerate(batch):
+        read.result = results[i] if i < len(results) else outcome.Error(
+            StoreClosed("the store service stopped"))
+        read.done.set()
 
 
 @dataclass(eq=False, slots=True)
@@ -80,7 +107,8 @@ class StoreService:
 
     def __init__(self, store: Store, *, queue_size: int = DEFAULT_QUEUE,
                  clock: Callable[[], float] = time.time,
-                 readers: int = DEFAULT_READERS, cache: ReadCache | None = None) -> None:
+                 readers: int = DEFAULT_READERS, cache: ReadCache | None = None,
+                 read_lanes: int = DEFAULT_READ_LANES) -> None:
         self.store = store
         self.cache = cache if cache is not None else ReadCache()
         self._clock = clock
@@ -88,11 +116,23 @@ class StoreService:
         self._limiter = trio.CapacityLimiter(readers)
         self._closed = False
         self.batches = 0
+        self._lanes = read_lanes
+        self._lanes_running = False
+        self._reads: deque[_Read] = deque()
+        self._reads_queued = trio.Event()
+        self.read_batches = 0
 
     # -- the writer ------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """The writer task: commit queued batches until cancelled."""
+        """The writer task, and the reader lanes: commit queued batches until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._lanes):
+                nursery.start_soon(self._read_lane)
+            self._lanes_running = True
+            await self._write_loop(task_status)
+
+    async def _write_loop(self, task_status: TaskStatus[None]) -> None:
         carry: _Request | None = None
         try:
             async with self._receive:
@@ -152,6 +192,39 @@ class StoreService:
             keys = None
         return results, touched, keys
 
+    # -- the reader lanes --------------------------------------------------------------------
+    async def _read_lane(self) -> None:
+        try:
+            while True:
+                while not self._reads:
+                    if self._reads_queued.is_set():
+                        self._reads_queued = trio.Event()
+                    await self._reads_queued.wait()
+                batch = [self._reads.popleft()
+                         for _ in range(min(len(self._reads), MAX_READ_BATCH))]
+                results: list[outcome.Outcome[Any]] = []
+                try:
+                    results = await trio.to_thread.run_sync(_run_reads, batch)
+                    self.read_batches += 1
+                finally:  # (cancelled before the thread started: the batch is failed)
+                    _finish(batch, results)
+        finally:
+            self._lanes_running = False
+            _finish(list(self._reads), [])
+            self._reads.clear()
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on a worker thread, in a reader lane's next batch."""
+        if not self._lanes_running:
+            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        read = _Read(fn)
+        self._reads.append(read)
+        self._reads_queued.set()
+        await read.done.wait()  # cancelled meanwhile: the read still runs; its result is lost
+        assert read.result is not None
+        value: T = read.result.unwrap()
+        return value
+
     # -- writes ------------------------------------------------------------------------------
     async def ingest(self, events: Sequence[Event], *, source: str,
                      received_at: float | None = None) -> IngestResult:
@@ -207,8 +280,7 @@ class StoreService:
         if pith is not None:
             return pith
         ticket = cache.ticket
-        pith = await trio.to_thread.run_sync(self.store.resolve, identifier,
-                                             limiter=self._limiter)
+        pith = await self._read(partial(self.store.resolve, identifier))
         if pith is not None:
             cache.put_name(ticket, identifier, pith)
         return pith
@@ -228,8 +300,7 @@ class StoreService:
         if st is not None:
             return st
         ticket = cache.ticket
-        st = await trio.to_thread.run_sync(self.store.state, identifier,
-                                           limiter=self._limiter)
+        st = await self._read(partial(self.store.state, identifier))
         if st is not None:
             cache.put_state(ticket, identifier, st)
         return st
@@ -242,8 +313,7 @@ class StoreService:
         if served is not None:
             return served
         ticket = cache.ticket
-        st = await trio.to_thread.run_sync(self.store.state, identifier,
-                                           limiter=self._limiter)
+        st = await self._read(partial(self.store.state, identifier))
         if st is None:
             return None
         cache.put_state(ticket, identifier, st)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from pithnode.node.api import Served
 from pithnode.node.config import CacheConfig, HttpConfig, NodeConfig, SyncConfig
@@ -38,6 +40,7 @@ from pithnode.node.synth import SynthConfig, SynthRecord, generate, synth_keys, 
 from pithnode.node.transport import TransportConfig
 from pithnode.protocol.keys import SigningKey
 from pithnode.protocol.spec import NetworkSpec
+from pithnode.storage.errors import StoreClosed
 from pithnode.storage.results import StoredState
 from pithnode.storage.store import Store
 
@@ -251,6 +254,76 @@ async def test_a_repair_starts_the_cache_afresh(service: StoreService) -> None:
         report = await service.repair()
     assert not report.dropped_events
     assert (service.cache.documents, service.cache.names) == (0, 0)
+
+
+class GatedStore:
+    """Stands in for a Store: ``state`` answers at once, except for "slow", which waits in
+    its worker thread until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[str] = []
+
+    def state(self, identifier: str) -> StoredState | None:
+        self.calls.append(identifier)
+        if identifier == "slow":
+            self.entered.set()
+            self.gate.wait(TIMEOUT)
+        return state(pith(len(self.calls)), identifier.encode())
+
+
+async def test_store_reads_queued_meanwhile_go_to_a_thread_in_one_batch(
+        nursery: trio.Nursery) -> None:
+    store = GatedStore()
+    svc = StoreService(store, cache=ReadCache(), read_lanes=1)  # type: ignore[arg-type]
+    results: dict[str, StoredState | None] = {}
+
+    async def ask(identifier: str) -> None:
+        results[identifier] = await svc.state(identifier)
+
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(svc.run)
+        nursery.start_soon(ask, "slow")
+        await trio.to_thread.run_sync(store.entered.wait)
+        async with trio.open_nursery() as asking:
+            for i in range(10):
+                asking.start_soon(ask, doi(i))
+            await trio.testing.wait_all_tasks_blocked()
+            assert svc.read_batches == 0  # all ten wait behind the slow read
+            store.gate.set()
+    assert svc.read_batches == 2
+    assert {k: v.data for k, v in results.items() if v is not None} == {
+        k: k.encode() for k in ["slow", *map(doi, range(10))]}
+
+
+async def test_reads_queued_when_the_service_stops_fail_cleanly() -> None:
+    store = GatedStore()
+    svc = StoreService(store, cache=ReadCache(), read_lanes=1)  # type: ignore[arg-type]
+    outcomes: list[BaseException | None] = []
+
+    async def ask(identifier: str) -> None:
+        try:
+            await svc.state(identifier)
+        except StoreClosed as exc:
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery, trio.open_nursery() as service:
+            await service.start(svc.run)
+            nursery.start_soon(ask, "slow")
+            await trio.to_thread.run_sync(store.entered.wait)
+            for i in range(3):
+                nursery.start_soon(ask, doi(i))
+            await trio.testing.wait_all_tasks_blocked()
+            service.cancel_scope.cancel()  # the lane finishes the slow read, then stops
+            store.gate.set()
+        assert outcomes[0] is None and len(outcomes) == 4
+        assert all(isinstance(o, StoreClosed) for o in outcomes[1:])
+        # with no lane running, reads go straight to a worker thread
+        assert (await svc.state(doi(7))) is not None
 
 
 # ---------------------------------------------------------------- a running node
