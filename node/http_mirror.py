@@ -35,6 +35,7 @@ import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
+from prometheus_client import Counter
 
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.identifiers import normalise_alias, parse_pith_number
@@ -217,6 +218,16 @@ class MirrorApp:
         self.api = api
         self.base_url = base_url.rstrip("/")
         self.metrics = metrics
+        # the request counter's children, by (route, status): a few dozen at most
+        self._counters: dict[tuple[str, int], Counter] = {}
+
+    def _counter(self, route: str, status: int) -> Counter:
+        child = self._counters.get((route, status))
+        if child is None:
+            assert self.metrics is not None
+            child = self._counters[route, status] = self.metrics.http_requests.labels(
+                route=route, status=str(status))
+        return child
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -250,15 +261,16 @@ class MirrorApp:
             log.exception("HTTP handler failed (route %s)", route)
             response = self._error(HttpError(500, "internal error"), html=False)
         if req is not None and response.status == 200:
-            etag = dict(response.headers).get("ETag")
             inm = req.headers.get("if-none-match")
+            etag = None if inm is None else next(
+                (v for k, v in response.headers if k == "ETag"), None)
             if etag is not None and inm is not None and _etag_matches(inm, etag):
                 keep = ("ETag", "Cache-Control", "Vary", "Access-Control-Allow-Origin")
                 response = Response(304, headers=tuple(
                     h for h in response.headers if h[0] in keep))
         if self.metrics is not None:  # counted before sending, so a client that got its
             # answer also sees it counted
-            self.metrics.http_requests.labels(route=route, status=str(response.status)).inc()
+            self._counter(route, response.status).inc()
         head = scope.get("method") == "HEAD" or response.status == 304
         await _send(send, response, head=head)
 
