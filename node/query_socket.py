@@ -9,6 +9,11 @@ is size-checked before it is decoded; a line longer than ``max_request_bytes`` i
 with -32600 "request too large" and the connection is closed, since framing is lost. Batches
 (a JSON array of requests) are supported up to ``max_batch`` requests and answered in order.
 Requests without an ``id`` are notifications and get no reply (JSON-RPC 2.0 section 4.1).
+A connection's requests are answered concurrently (up to ``max_in_flight``), so replies may
+come in another order than the requests: match them by ``id``. ``record.state`` and
+``record.bundle`` of a record the node holds in memory are answered inline by the
+connection's reader (no task, no thread), and the replies of all the lines it has read are
+written at once.
 
 Methods (``METHODS`` holds the same table; identifiers are a full or short Pith Number, an
 arXiv id or a DOI unless stated):

@@ -10,10 +10,17 @@ thread never blocks on SQLite. Reads go to the store's read connections through
 store (``node.sync.SyncStore``).
 
 Served documents and resolved names are kept in a :class:`~pithnode.node.read_cache.ReadCache`:
-``state``, ``bundle`` and ``resolve`` answer what it holds on the trio thread, and read the
-store (one worker-thread call) only on a miss. The writer invalidates the records each commit
+``state``, ``served_state``, ``bundle`` and ``resolve`` answer what it holds on the trio
+thread, and read the store only on a miss. The writer invalidates the records each commit
 touched before it wakes the callers waiting for that commit, so a caller that saw its ingest
 committed reads the new state. ``repair`` (a fsck repair) clears the cache.
+
+A miss of ``state``, ``served_state`` or ``resolve`` (one short read each) joins a queue that
+reader lanes (tasks started by :meth:`StoreService.run`) drain: each lane hands every read
+queued meanwhile, up to ``MAX_READ_BATCH``, to one worker thread, so a burst of misses costs
+the trio thread one hand-off rather than one each. The queue is bounded by its callers (each
+waits for its own read, so it holds at most one read per waiting task). Without running
+lanes (before ``run``, after it stops) reads go to a worker thread each, as other reads do.
 """
 
 from __future__ import annotations
