@@ -3,15 +3,26 @@
 A store of N synthetic records (node/synth.py; 100,000 by default) is generated and imported
 through the Store API (both timed), then a real ``pithnode run`` serves it and is measured:
 
-- socket: many concurrent clients on the Unix socket, each one request in flight at a time,
-  ask ``record.state`` for a random Pith Number or arXiv id; requests/s, p50 and p99 latency.
-  Target: >= 5,000 requests/s with p99 < 5 ms.
+- socket: ``--clients`` connections (default 32, the socket's limit), spread over
+  ``--client-procs`` client processes, each connection with ``--depth`` requests in flight
+  (default 1: a closed loop), ask ``record.state`` for a random Pith Number or arXiv id;
+  requests/s, p50 and p99 latency. Target: >= 5,000 requests/s with p99 < 5 ms. The clients
+  are plain non-blocking sockets and a selector with requests encoded in advance; their CPU
+  per request is reported, so a client-bound run shows as one.
 - HTTP: ``wrk -t2 -c64 -d10s`` fetches ``/pith/{suffix}/state.json`` of random records (a Lua
   script picks suffixes from a file); requests/s. Target: >= 1,500 requests/s.
+
+Lookups are uniform over all records, the hardest case for the node's read cache ([cache]
+max_bytes, 128 MiB by default: about 18,000 of the 100,000 states). ``--cache-mib`` sets the
+node's cache, and ``--prewarm`` asks for every identifier the benchmark uses once before
+measuring (a node that has served for a while); the read cache hit rate of each phase is
+reported.
 
     .venv/bin/python bench/query.py                   # full size (about 10 minutes)
     .venv/bin/python bench/query.py --records 2000    # a quick run
     .venv/bin/python bench/query.py --json figures.json --data-dir /tmp/bench  # keep & reuse
+    .venv/bin/python bench/query.py --data-dir /tmp/bench --cache-mib 1024 \
+        --cache-names 400000 --prewarm                # every record held in memory
 
 The node runs with ``[attest] enabled = false`` unless ``--attest``: a node that has just
 imported N records signs attestations for all of them in the background (rate-limited), and
@@ -25,13 +36,17 @@ reuses it instead of generating and importing again.
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
 import re
+import selectors
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -46,6 +61,7 @@ from typing import Any
 import trio
 
 from pithnode.node.devnet import RunningNode, run_node
+from pithnode.node.query_socket import call_sync, open_query_client
 from pithnode.node.synth import SynthConfig, synth_keys, synth_record
 from pithnode.protocol.events import Event
 from pithnode.storage.store import MAX_BATCH_EVENTS, Store
@@ -172,58 +188,154 @@ class SocketFigures:
     errors: int
     latencies_ns: list[int]
     warmup_requests: int = 0
+    processes: int = 1
+    depth: int = 1
+    client_cpu_s: float = 0.0
+    warmup_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ns)
         q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
-        return {"clients": self.clients, "seconds": round(self.seconds, 2),
+        total = self.requests + self.warmup_requests
+        return {"clients": self.clients, "client_processes": self.processes,
+                "in_flight_per_client": self.depth, "seconds": round(self.seconds, 2),
                 "requests": self.requests, "errors": self.errors,
                 "requests_per_s": round(self.requests / self.seconds),
                 "p50_ms": round(q[49] / 1e6, 3), "p99_ms": round(q[98] / 1e6, 3),
-                "max_ms": round(lat[-1] / 1e6, 3) if lat else None}
+                "max_ms": round(lat[-1] / 1e6, 3) if lat else None,
+                "client_cpu_us_per_request": round(self.client_cpu_s / max(total, 1) * 1e6, 1),
+                "client_cpu_cores": round(self.client_cpu_s / (self.seconds + self.warmup_s),
+                                          2)}
 
 
-async def _socket_client(path: Path, ids: Sequence[str], seed: int, warm_until: float,
-                         until: float, figures: SocketFigures) -> None:
-    rng = random.Random(seed)
-    stream = await trio.open_unix_socket(str(path))
-    buf = bytearray()
-    rid = 0
-    async with stream:
-        while True:
-            now = trio.current_time()
-            if now >= until:
-                return
-            rid += 1
-            request = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "record.state",
-                                  "params": {"id": rng.choice(ids)}}).encode() + b"\n"
-            t0 = time.perf_counter_ns()
-            await stream.send_all(request)
-            while (nl := buf.find(b"\n")) < 0:
-                data = await stream.receive_some(READ_CHUNK)
-                if not data:
-                    raise RuntimeError("the node closed a benchmark connection")
-                buf += data
-            t1 = time.perf_counter_ns()
-            head = bytes(buf[:120])
-            del buf[:nl + 1]
-            if now < warm_until:
-                figures.warmup_requests += 1
-                continue
-            figures.requests += 1
-            figures.latencies_ns.append(t1 - t0)
-            if b'"result":' not in head or b'"state_sha256"' not in head:
-                figures.errors += 1
+@dataclass(frozen=True, slots=True)
+class ClientPlan:
+    """What one client process does: ``connections`` connections to ``path``, each with
+    ``depth`` requests in flight, for ``warmup`` then ``seconds`` seconds."""
+
+    path: str
+    ids: Sequence[str]
+    connections: int
+    depth: int
+    seed: int
+    warmup: float
+    seconds: float
+
+
+_START: Any = None  # the start barrier, inherited by each client process
+
+
+def _client_init(barrier: Any) -> None:
+    global _START
+    _START = barrier
+
+
+def _request_line(rid: int, ident: bytes) -> bytes:
+    return (b'{"jsonrpc":"2.0","id":%d,"method":"record.state","params":{"id":%s}}\n'
+            % (rid, ident))
+
+
+def socket_client_process(plan: ClientPlan) -> dict[str, Any]:
+    """(a client process) Plain non-blocking sockets and a selector, requests encoded
+    before the clock starts: a few microseconds of CPU per request, so the node, not the
+    client, is what is measured. Returns counts, latencies and this process's CPU time."""
+    rng = random.Random(plan.seed)
+    idents = [json.dumps(i).encode() for i in plan.ids]
+    sel = selectors.DefaultSelector()
+    conns = []
+    for _ in range(plan.connections):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(plan.path)
+        sock.setblocking(False)
+        conn = {"sock": sock, "buf": bytearray(), "sent": {}, "next": 0}
+        sel.register(sock, selectors.EVENT_READ, conn)
+        conns.append(conn)
+    requests = errors = warm = 0
+    latencies = array.array("q")
+    _START.wait()
+    cpu0 = os.times()
+    start = time.monotonic()
+    warm_until, until = start + plan.warmup, start + plan.warmup + plan.seconds
+
+    def send(conn: dict[str, Any]) -> None:
+        conn["next"] += 1
+        rid = conn["next"]
+        line = _request_line(rid, rng.choice(idents))
+        conn["sent"][rid] = time.perf_counter_ns()
+        sock = conn["sock"]
+        if sock.send(line) != len(line):  # a small line into an empty buffer: never
+            raise RuntimeError("short write of a request line")
+
+    for conn in conns:
+        for _ in range(plan.depth):
+            send(conn)
+    open_conns = len(conns)
+    while open_conns:
+        for key, _ in sel.select(1.0):
+            conn = key.data
+            data = conn["sock"].recv(1 << 18)
+            if not data:
+                raise RuntimeError("the node closed a benchmark connection")
+            buf = conn["buf"]
+            buf += data
+            while (nl := buf.find(b"\n")) >= 0:
+                t1 = time.perf_counter_ns()
+                head = bytes(buf[:160])
+                del buf[:nl + 1]
+                m = _REPLY_ID.match(head)
+                t0 = conn["sent"].pop(int(m.group(1))) if m else None
+                now = time.monotonic()
+                if now < warm_until:
+                    warm += 1
+                elif t0 is not None:
+                    requests += 1
+                    latencies.append(t1 - t0)
+                    if b'"result":' not in head or b'"state_sha256"' not in head:
+                        errors += 1
+                else:
+                    errors += 1
+                if now < until:
+                    send(conn)
+                elif not conn["sent"]:
+                    sel.unregister(conn["sock"])
+                    conn["sock"].close()
+                    open_conns -= 1
+    cpu1 = os.times()
+    return {"requests": requests, "errors": errors, "warmup_requests": warm,
+            "latencies": latencies.tobytes(),
+            "cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)}
+
+
+_REPLY_ID = re.compile(rb'\{"jsonrpc":"2\.0","id":(\d+),')
 
 
 async def socket_bench(node: RunningNode, ids: Sequence[str], *, clients: int,
-                       seconds: float, warmup: float) -> SocketFigures:
-    figures = SocketFigures(clients, seconds, 0, 0, [])
-    start = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        for i in range(clients):
-            nursery.start_soon(_socket_client, node.socket, ids, i, start + warmup,
-                               start + warmup + seconds, figures)
+                       seconds: float, warmup: float, processes: int = 1, depth: int = 1,
+                       on_start: Any = None) -> SocketFigures:
+    """``clients`` connections spread over ``processes`` client processes."""
+    processes = max(1, min(processes, clients))
+    ctx = multiprocessing.get_context("spawn")  # never fork a process running trio
+    barrier = ctx.Barrier(processes + 1)
+    plans = [ClientPlan(str(node.socket), list(ids), clients // processes +
+                        (1 if i < clients % processes else 0), depth, SEED + i, warmup,
+                        seconds) for i in range(processes)]
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_client_init,
+                             initargs=(barrier,)) as pool:
+        futures = [pool.submit(socket_client_process, plan) for plan in plans]
+        await trio.to_thread.run_sync(barrier.wait)
+        if on_start is not None:
+            on_start()
+        results = [await trio.to_thread.run_sync(f.result) for f in futures]
+    figures = SocketFigures(clients, seconds, 0, 0, [], processes=processes, depth=depth,
+                            warmup_s=warmup)
+    for r in results:
+        figures.requests += r["requests"]
+        figures.errors += r["errors"]
+        figures.warmup_requests += r["warmup_requests"]
+        figures.client_cpu_s += r["cpu_s"]
+        lat = array.array("q")
+        lat.frombytes(r["latencies"])
+        figures.latencies_ns.extend(lat)
     return figures
 
 
@@ -272,10 +384,44 @@ async def http_bench(node: RunningNode, suffixes: Sequence[str], workdir: Path, 
 
 
 # -- the program -------------------------------------------------------------------------------
+def node_status(node: RunningNode) -> dict[str, Any]:
+    status: dict[str, Any] = call_sync(node.socket, "node.status")
+    return status
+
+
+def cache_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The read cache over one measurement: hit rate, and what it held at the end."""
+    b, a = before.get("read_cache") or {}, after.get("read_cache") or {}
+    if not a:
+        return {}
+    hits, misses = a["hits"] - b.get("hits", 0), a["misses"] - b.get("misses", 0)
+    return {"cache_hit_rate": round(hits / max(hits + misses, 1), 3),
+            "cache_documents": a["documents"], "cache_mib": round(a["bytes"] / 2**20, 1),
+            "cache_max_mib": round(a["max_bytes"] / 2**20, 1)}
+
+
+async def prewarm(node: RunningNode, ids: Sequence[str]) -> float:
+    """Ask for every identifier once (a node that has served for a while)."""
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for part in range(8):
+            nursery.start_soon(_ask_all, node, ids[part::8])
+    return time.perf_counter() - started
+
+
+async def _ask_all(node: RunningNode, ids: Sequence[str]) -> None:
+    async with open_query_client(node.socket) as client:
+        for ident in ids:
+            await client.call("record.state", {"id": ident})
+
+
 async def measure(data_dir: Path, lookups: Sequence[tuple[str, str]],
                   args: argparse.Namespace) -> dict[str, Any]:
     config = data_dir / "bench-node.toml"
-    config.write_text(NODE_CONFIG.format(attest="true" if args.attest else "false"))
+    text = NODE_CONFIG.format(attest="true" if args.attest else "false")
+    if args.cache_mib is not None:
+        text += f"[cache]\nmax_bytes = {args.cache_mib << 20}\nmax_names = {args.cache_names}\n"
+    config.write_text(text)
     network = data_dir / "network.toml"
     network.write_text(synth_keys(SEED).spec_toml(NETWORK_NAME))
     async with trio.open_nursery() as nursery:
@@ -283,21 +429,34 @@ async def measure(data_dir: Path, lookups: Sequence[tuple[str, str]],
             run_node, "bench", config, data_dir, network, startup_timeout=300))
         print(f"node ready: socket {node.socket}, HTTP {node.http}", flush=True)
         ids = [pn for pn, _ in lookups] + [arxiv for _, arxiv in lookups]
+        suffixes = [pn.rsplit(":", 1)[1] for pn, _ in lookups]
+        warmed = None
+        if args.prewarm:  # what the socket and HTTP phases ask: Pith Numbers, arXiv ids,
+            # bare suffixes
+            warmed = round(await prewarm(node, ids + suffixes), 1)
+            print(f"prewarmed: asked for each of {len(ids) + len(suffixes)} identifiers once "
+                  f"in {warmed} s", flush=True)
         clock = CpuClock(node.pid)
-        before = clock.now()
+        status = await trio.to_thread.run_sync(node_status, node)
+        started: list[tuple[float, float]] = []
         sock = await socket_bench(node, ids, clients=args.clients, seconds=args.seconds,
-                                  warmup=args.warmup)
+                                  warmup=args.warmup, processes=args.client_procs,
+                                  depth=args.depth, on_start=lambda: started.append(
+                                      clock.now()))
         socket_figures = {**sock.to_json(), **cpu_per_request(
-            before, clock.now(), sock.requests + sock.warmup_requests)}
+            started[0], clock.now(), sock.requests + sock.warmup_requests)}
+        after = await trio.to_thread.run_sync(node_status, node)
+        socket_figures.update(cache_delta(status, after))
         print(f"socket: {socket_figures}", flush=True)
         before = clock.now()
-        http = await http_bench(node, [pn.rsplit(":", 1)[1] for pn, _ in lookups], data_dir,
-                                threads=2, connections=64, seconds=int(args.seconds))
+        http = await http_bench(node, suffixes, data_dir, threads=2, connections=64,
+                                seconds=int(args.seconds))
         if "requests" in http:
             http.update(cpu_per_request(before, clock.now(), http["requests"]))
+            http.update(cache_delta(after, await trio.to_thread.run_sync(node_status, node)))
         print(f"http: {http}", flush=True)
         nursery.cancel_scope.cancel()
-    return {"socket": socket_figures, "http": http}
+    return {"socket": socket_figures, "http": http, "prewarm_seconds": warmed}
 
 
 def prepare(data_dir: Path, records: int) -> tuple[list[tuple[str, str]], dict[str, Any]]:
@@ -334,6 +493,10 @@ def verdicts(fig: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         ("socket errors", str(sock["errors"]), "0", sock["errors"] == 0),
     ]
     rows += _cpu_rows("socket", sock)
+    rows.append(("socket client CPU per request", f"{sock['client_cpu_us_per_request']} us",
+                 "", None))
+    if "cache_hit_rate" in sock:
+        rows.append(("socket read cache hit rate", f"{sock['cache_hit_rate']:.0%}", "", None))
     if "skipped" in http:
         rows.append(("HTTP state.json requests/s", "skipped", http["skipped"], None))
     else:
@@ -346,6 +509,9 @@ def verdicts(fig: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
              "0, 0", http["non_2xx"] == 0 and http["socket_errors"] == 0),
         ]
         rows += _cpu_rows("HTTP", http)
+        if "cache_hit_rate" in http:
+            rows.append(("HTTP read cache hit rate", f"{http['cache_hit_rate']:.0%}", "",
+                         None))
     return rows
 
 
@@ -367,6 +533,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="keep the store here (reused by later runs); default: a temporary one")
     p.add_argument("--clients", type=int, default=32,
                    help="concurrent socket clients (the socket serves at most 32)")
+    p.add_argument("--client-procs", type=int, default=1,
+                   help="processes the socket clients are spread over")
+    p.add_argument("--depth", type=int, default=1,
+                   help="requests each socket client keeps in flight (the node answers up "
+                        "to 8 per connection concurrently)")
+    p.add_argument("--cache-mib", type=int, default=None,
+                   help="the node's [cache] max_bytes in MiB (default: the node's default)")
+    p.add_argument("--cache-names", type=int, default=65_536,
+                   help="the node's [cache] max_names, with --cache-mib")
+    p.add_argument("--prewarm", action="store_true",
+                   help="ask for every identifier once before measuring")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement")
     p.add_argument("--warmup", type=float, default=2.0, help="socket warm-up, not counted")
     p.add_argument("--attest", action="store_true",
@@ -389,14 +566,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     info["loadavg_end"] = os.getloadavg()[0]
+    options = {"clients": args.clients, "client_procs": args.client_procs,
+               "depth": args.depth, "cache_mib": args.cache_mib,
+               "cache_names": args.cache_names if args.cache_mib is not None else None,
+               "prewarm": args.prewarm}
     result = {"machine": info, "records": args.records, "attest": args.attest,
-              "import": imported, **figures,
+              "options": options, "import": imported, **figures,
               "targets": {"socket_requests_per_s": SOCKET_TARGET_RPS,
                           "socket_p99_ms": SOCKET_TARGET_P99_MS,
                           "http_requests_per_s": HTTP_TARGET_RPS}}
     print(f"\nquery benchmark, {args.records} records, on {info['nproc']} CPUs "
           f"({info['cpu_model']}); load average {info['loadavg_start']:.1f} at the start, "
           f"{info['loadavg_end']:.1f} at the end")
+    print("  options: " + ", ".join(f"{k} {v}" for k, v in options.items()))
     print(f"  import: {imported['events']} events in {imported['seconds']} s "
           f"({imported['events_per_s']} events/s; generating them took "
           f"{imported.get('generate_seconds', '?')} s)")

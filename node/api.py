@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["NodeAPI", "NotFound", "RecordView", "SubmitOutcome"]
+__all__ = ["NodeAPI", "NotFound", "RecordView", "Served", "SubmitOutcome"]
 
 
 class NotFound(Exception):
@@ -26,6 +26,16 @@ class SubmitOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"event_id": self.event_id, "outcome": self.outcome, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A served document of a record: its exact bytes and the ETag value naming them."""
+
+    pith_number: str
+    data: bytes
+    #: a state's ``state_sha256``; a bundle's SHA-256 of its bytes (hex)
+    etag: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +69,22 @@ class NodeAPI(Protocol):
     async def resolve(self, identifier: str) -> str | None:
         """Full Pith Number for a Pith Number, short form, arXiv id or DOI; None if unknown."""
 
-    async def state_bytes(self, pith_number: str) -> tuple[bytes, str] | None:
-        """Served state bytes and state_sha256 of a record, by full Pith Number."""
+    async def served_state(self, identifier: str) -> Served | None:
+        """The served state of the record an identifier names (anything ``resolve`` takes),
+        with its Pith Number and state_sha256, in one lookup; None if no record is known
+        as that (or it is no identifier)."""
 
-    async def bundle_bytes(self, pith_number: str) -> bytes | None:
-        """Served bundle bytes of a record, by full Pith Number."""
+    async def served_bundle(self, identifier: str) -> Served | None:
+        """The served bundle of the record an identifier names, like ``served_state``; the
+        ETag is the SHA-256 of the bundle's bytes."""
+
+    def cached_state(self, identifier: str) -> Served | None:
+        """What ``served_state`` would answer, if the node holds it in memory now; None
+        means "ask ``served_state``" (not "unknown"). Not async: the query socket answers
+        from it inline, without starting a task."""
+
+    def cached_bundle(self, identifier: str) -> Served | None:
+        """What ``served_bundle`` would answer, if held in memory now (else None)."""
 
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         """Every stored event of a record (wire form), in (created_at, event_id) order."""

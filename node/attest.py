@@ -652,7 +652,7 @@ class Attestor:
         """Evidence, audit failures and attestations of one record; (finished, signed)."""
         svc = self._svc()
         try:
-            st = await svc.state(pn)
+            st = await svc.state(pn, cached=False)  # a scan: leave the cache alone
             if st is None:
                 return True, 0
             doc = json.loads(st.data)
@@ -858,7 +858,7 @@ class Attestor:
         peers = self._peer_fingerprints()
         out = []
         for pn in records:
-            st = await svc.state(pn)
+            st = await svc.state(pn, cached=False)  # a scan: leave the cache alone
             if st is None:
                 continue
             for e in json.loads(st.data)["current"]["storage_attestations"]:
@@ -1093,7 +1093,7 @@ class Attestor:
                 await trio.sleep_until(self._last_repair + self.limits.repair_min_gap_s)
             self._repairing = True
             self._last_repair = trio.current_time()
-            report = await trio.to_thread.run_sync(partial(svc.store.fsck, repair=True))
+            report = await svc.repair()
             self._store_changed = True
             dropped = list(report.dropped_events)
             log.warning("repair after %s: dropped %d damaged event(s)", req.reason,

@@ -20,6 +20,7 @@ from .errors import ConfigError
 
 __all__ = [
     "AttestConfig",
+    "CacheConfig",
     "GossipConfig",
     "HttpConfig",
     "LogConfig",
@@ -117,6 +118,15 @@ class AttestConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    #: served states and bundles kept in memory for the socket and the HTTP mirror (LRU by
+    #: bytes; 0 turns the cache off)
+    max_bytes: int = 128 << 20
+    #: identifiers (Pith Numbers, arXiv ids, DOIs) remembered with the record they name
+    max_names: int = 65_536
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     p2p: P2PConfig = field(default_factory=P2PConfig)
@@ -127,13 +137,14 @@ class NodeConfig:
     log: LogConfig = field(default_factory=LogConfig)
     pull: PullConfig = field(default_factory=PullConfig)
     attest: AttestConfig = field(default_factory=AttestConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = "<defaults>"
 
 
 _SECTIONS: Mapping[str, type] = {
     "node": NodeSection, "p2p": P2PConfig, "sync": SyncConfig, "gossip": GossipConfig,
     "http": HttpConfig, "socket": SocketConfig, "log": LogConfig, "pull": PullConfig,
-    "attest": AttestConfig,
+    "attest": AttestConfig, "cache": CacheConfig,
 }
 
 T = TypeVar("T")
@@ -186,6 +197,8 @@ _RULES: Mapping[tuple[str, str], tuple[str, Check | None]] = {
     ("attest", "checkpoint_interval_s"): ("a positive number", _positive),
     ("attest", "audit_interval_s"): ("a positive number", _positive),
     ("attest", "audit_objects"): ("an integer from 1 to 256", lambda v: 1 <= v <= 256),
+    ("cache", "max_bytes"): ("an integer >= 0", _nonneg),
+    ("cache", "max_names"): ("an integer >= 0", _nonneg),
 }
 
 

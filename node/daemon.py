@@ -30,7 +30,7 @@ from pithnode.protocol.wire import prefixes_match
 from pithnode.storage.errors import StoreCorrupt, StoreError
 from pithnode.storage.store import Store
 
-from .api import NotFound, RecordView, SubmitOutcome
+from .api import NotFound, RecordView, Served, SubmitOutcome
 from .attest import Attestor
 from .config import NodeConfig
 from .gossip import Gossip
@@ -39,6 +39,7 @@ from .metrics import NodeMetrics
 from .paths import socket_path
 from .pull import run_scheduled_pull
 from .query_socket import QuerySocketServer
+from .read_cache import CacheLimits, ReadCache
 from .store_service import StoreService
 from .sync import SYNC_PROTOCOL, SyncEngine, SyncFailed, SyncResult
 from .transport import (
@@ -140,6 +141,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.ready: Ready | None = None
         self._gossip_exported: dict[tuple[str, str], int] = {}
+        self._cache_exported: dict[str, int] = {}
         #: the attestation services; tests may run their own (``attest=False``) and set it
         self.attestor: Attestor | None = (Attestor(self, cfg.attest)
                                           if attest and cfg.attest.enabled else None)
@@ -148,7 +150,8 @@ class Node:
     async def run(self, *, task_status: TaskStatus[Ready] = trio.TASK_STATUS_IGNORED) -> None:
         store_path = self.data_dir / "store.sqlite"
         self.store = await trio.to_thread.run_sync(lambda: Store(store_path, self.spec))
-        self.service = StoreService(self.store, clock=self.wall)
+        cache = ReadCache(CacheLimits(self.cfg.cache.max_bytes, self.cfg.cache.max_names))
+        self.service = StoreService(self.store, clock=self.wall, cache=cache)
         self.started_at = self.wall()
         attest_enabled = self.attestor is not None
         try:
@@ -375,12 +378,23 @@ class Node:
 
     async def _refresh_gauges(self) -> None:
         while True:
-            stats = await self._svc().stats()
-            self.metrics.records.set(stats.records)
-            self.metrics.events.set(stats.events)
-            self.metrics.store_size_bytes.set(stats.file_bytes)
+            counts = await self._svc().counts()  # not stats(): that scans every object
+            self.metrics.records.set(counts.records)
+            self.metrics.events.set(counts.events)
+            self.metrics.store_size_bytes.set(counts.file_bytes)
             self._export_gossip_counters()
+            self._export_cache_figures()
             await trio.sleep(5)
+
+    def _export_cache_figures(self) -> None:
+        cache = self._svc().cache
+        for result, value in (("hit", cache.stats.hits), ("miss", cache.stats.misses)):
+            delta = value - self._cache_exported.get(result, 0)
+            if delta > 0:
+                self.metrics.read_cache_lookups.labels(result).inc(delta)
+            self._cache_exported[result] = value
+        self.metrics.read_cache_bytes.set(cache.bytes)
+        self.metrics.read_cache_documents.set(cache.documents)
 
     def _export_gossip_counters(self) -> None:
         """Prometheus counters only go up: add what the gossip engine counted since last."""
@@ -426,7 +440,16 @@ class Node:
                        "events_out": g.events_out, "rejected": g.rejected_messages,
                        "rate_limited": g.rate_limited, "duplicates": g.duplicates},
             "attest": self.attestor.status() if self.attestor is not None else None,
+            "read_cache": self._cache_status(),
         }
+
+    def _cache_status(self) -> dict[str, Any]:
+        cache = self._svc().cache
+        s = cache.stats
+        return {"max_bytes": cache.limits.max_bytes, "bytes": cache.bytes,
+                "documents": cache.documents, "names": cache.names, "hits": s.hits,
+                "misses": s.misses, "evictions": s.evictions, "invalidated": s.invalidated,
+                "stale_fills": s.stale_fills}
 
     async def peers(self) -> list[dict[str, Any]]:
         connected = {str(p) for p in self.transport.connected_peers()}
@@ -444,12 +467,23 @@ class Node:
         except InputError:
             return None
 
-    async def state_bytes(self, pith_number: str) -> tuple[bytes, str] | None:
-        st = await self._svc().state(pith_number)
-        return None if st is None else (st.data, st.state_sha256)
+    async def served_state(self, identifier: str) -> Served | None:
+        try:
+            return await self._svc().served_state(identifier)
+        except InputError:
+            return None
 
-    async def bundle_bytes(self, pith_number: str) -> bytes | None:
-        return await self._svc().bundle(pith_number)
+    async def served_bundle(self, identifier: str) -> Served | None:
+        try:
+            return await self._svc().bundle(identifier)
+        except InputError:
+            return None
+
+    def cached_state(self, identifier: str) -> Served | None:
+        return None if self.service is None else self.service.cache.peek_state(identifier)
+
+    def cached_bundle(self, identifier: str) -> Served | None:
+        return None if self.service is None else self.service.cache.peek_bundle(identifier)
 
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         subject = await self.resolve(pith_number)
@@ -624,6 +658,8 @@ class Node:
 
     def metrics_text(self) -> bytes:
         self._export_gossip_counters()
+        if self.service is not None:
+            self._export_cache_figures()
         return self.metrics.render()
 
 

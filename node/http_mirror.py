@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 import trio
 from hypercorn.config import Config
+from prometheus_client import Counter
 
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.identifiers import normalise_alias, parse_pith_number
@@ -234,6 +235,16 @@ class MirrorApp:
         self.api = api
         self.base_url = base_url.rstrip("/")
         self.metrics = metrics
+        # the request counter's children, by (route, status): a few dozen at most
+        self._counters: dict[tuple[str, int], Counter] = {}
+
+    def _counter(self, route: str, status: int) -> Counter:
+        child = self._counters.get((route, status))
+        if child is None:
+            assert self.metrics is not None
+            child = self._counters[route, status] = self.metrics.http_requests.labels(
+                route=route, status=str(status))
+        return child
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -267,15 +278,16 @@ class MirrorApp:
             log.exception("HTTP handler failed (route %s)", route)
             response = self._error(HttpError(500, "internal error"), html=False)
         if req is not None and response.status == 200:
-            etag = dict(response.headers).get("ETag")
             inm = req.headers.get("if-none-match")
+            etag = None if inm is None else next(
+                (v for k, v in response.headers if k == "ETag"), None)
             if etag is not None and inm is not None and _etag_matches(inm, etag):
                 keep = ("ETag", "Cache-Control", "Vary", "Access-Control-Allow-Origin")
                 response = Response(304, headers=tuple(
                     h for h in response.headers if h[0] in keep))
         if self.metrics is not None:  # counted before sending, so a client that got its
             # answer also sees it counted
-            self.metrics.http_requests.labels(route=route, status=str(response.status)).inc()
+            self._counter(route, response.status).inc()
         head = scope.get("method") == "HEAD" or response.status == 304
         await _send(send, response, head=head)
 
@@ -373,25 +385,21 @@ class MirrorApp:
     # ------------------------------------------------------------ documents
 
     async def _document(self, ident: str, kind: str, req: Request) -> Response:
-        full = await self._resolve(ident)
-        suffix = parse_pith_number(full).suffix
+        with _api_errors():  # one lookup: a cached record never leaves the trio thread
+            found = await (self.api.served_state(ident) if kind == "state"
+                           else self.api.served_bundle(ident))
+        if found is None:  # no identifier (400), no record (404), or a record without it
+            full = await self._resolve(ident)
+            raise HttpError(404, f"this node holds no {kind.replace('well_known', 'bundle')} "
+                                 f"document for {full}")
+        suffix = found.pith_number.rpartition(":")[2]
         if ident != suffix:
             path = (f"/.well-known/pith/{suffix}/bundle.json" if kind == "well_known"
                     else f"/pith/{suffix}/{kind}.json")
             return self._redirect(ident, suffix, path)
-        with _api_errors():
-            if kind == "state":
-                found = await self.api.state_bytes(full)
-                body, etag = (None, "") if found is None else (found[0], found[1])
-            else:
-                body = await self.api.bundle_bytes(full)
-                etag = "" if body is None else hashlib.sha256(body).hexdigest()
-        if body is None:
-            raise HttpError(404, f"this node holds no {kind.replace('well_known', 'bundle')} "
-                                 f"document for {full}")
-        return Response(200, body, JSON, (("ETag", f'"{etag}"'),
-                                          ("Cache-Control", DOCUMENT_CACHE),
-                                          ("Access-Control-Allow-Origin", "*")))
+        return Response(200, found.data, JSON, (("ETag", f'"{found.etag}"'),
+                                                ("Cache-Control", DOCUMENT_CACHE),
+                                                ("Access-Control-Allow-Origin", "*")))
 
     async def _manifest(self, req: Request) -> Response:
         body = _json_bytes(await self.api.manifest())

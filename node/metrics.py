@@ -66,6 +66,14 @@ class NodeMetrics:
             ("route", "status"))
         self.socket_requests = counter(
             "socket_requests", "Query socket requests, by method name.", ("method",))
+        # the read cache (node/read_cache.py)
+        self.read_cache_lookups = counter(
+            "read_cache_lookups", "Document lookups of the read cache, by result (hit, miss).",
+            ("result",))
+        self.read_cache_bytes = gauge("read_cache_bytes",
+                                      "Bytes of served documents the read cache holds.")
+        self.read_cache_documents = gauge("read_cache_documents",
+                                          "Served documents the read cache holds.")
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every metric above."""

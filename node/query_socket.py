@@ -9,6 +9,11 @@ is size-checked before it is decoded; a line longer than ``max_request_bytes`` i
 with -32600 "request too large" and the connection is closed, since framing is lost. Batches
 (a JSON array of requests) are supported up to ``max_batch`` requests and answered in order.
 Requests without an ``id`` are notifications and get no reply (JSON-RPC 2.0 section 4.1).
+A connection's requests are answered concurrently (up to ``max_in_flight``), so replies may
+come in another order than the requests: match them by ``id``. ``record.state`` and
+``record.bundle`` of a record the node holds in memory are answered inline by the
+connection's reader (no task, no thread), and the replies of all the lines it has read are
+written at once.
 
 Methods (``METHODS`` holds the same table; identifiers are a full or short Pith Number, an
 arXiv id or a DOI unless stated):
@@ -73,7 +78,7 @@ import trio
 from pithnode.protocol.errors import InputError
 from pithnode.storage.errors import StoreClosed, StoreCorrupt, StoreFull, StoreIOError
 
-from .api import NodeAPI, NotFound
+from .api import NodeAPI, NotFound, Served
 from .errors import NodeError
 
 if TYPE_CHECKING:
@@ -498,21 +503,46 @@ async def _h_resolve(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> 
     return {"pith_number": await _pith_number(srv.api, p["id"])}
 
 
+def _state_result(found: Served) -> Spliced:
+    return Spliced({"pith_number": found.pith_number, "state_sha256": found.etag}, "state",
+                   _document(found.data, "state"))
+
+
+def _bundle_result(found: Served) -> Spliced:
+    return Spliced({"pith_number": found.pith_number}, "bundle", _document(found.data,
+                                                                          "bundle"))
+
+
 async def _h_state(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> Any:
-    pn = await _pith_number(srv.api, p["id"])
-    found = await srv.api.state_bytes(pn)
+    found = await srv.api.served_state(p["id"])
     if found is None:
-        raise NotFound(f"no state for {pn}")
-    raw, sha = found
-    return Spliced({"pith_number": pn, "state_sha256": sha}, "state", _document(raw, "state"))
+        raise NotFound(f"no record known as {_short(p['id'], 80)}")
+    return _state_result(found)
 
 
 async def _h_bundle(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> Any:
-    pn = await _pith_number(srv.api, p["id"])
-    raw = await srv.api.bundle_bytes(pn)
-    if raw is None:
-        raise NotFound(f"no bundle for {pn}")
-    return Spliced({"pith_number": pn}, "bundle", _document(raw, "bundle"))
+    found = await srv.api.served_bundle(p["id"])
+    if found is None:
+        raise NotFound(f"no record known as {_short(p['id'], 80)}")
+    return _bundle_result(found)
+
+
+def _q_state(srv: QuerySocketServer, p: Mapping[str, Any]) -> Spliced | None:
+    found = srv.api.cached_state(p["id"])
+    return None if found is None or b"\n" in found.data else _state_result(found)
+
+
+def _q_bundle(srv: QuerySocketServer, p: Mapping[str, Any]) -> Spliced | None:
+    found = srv.api.cached_bundle(p["id"])
+    return None if found is None or b"\n" in found.data else _bundle_result(found)
+
+
+#: Methods the node may answer from memory (``NodeAPI.cached_*``): the connection's reader
+#: answers those inline, with no task and no thread, and writes the replies of every line
+#: it has at once with one write. Anything else (and any failure) takes the usual path.
+QUICK: Mapping[str, Callable[[QuerySocketServer, Mapping[str, Any]], Spliced | None]] = {
+    "record.state": _q_state, "record.bundle": _q_bundle,
+}
 
 
 async def _h_events(srv: QuerySocketServer, p: Mapping[str, Any], c: _Call) -> Any:
@@ -634,6 +664,7 @@ class _Connection:
         limit = self.limits.max_request_bytes
         buf = bytearray()
         scan = 0
+        out: list[bytes] = []  # replies answered inline, not yet written
         while True:
             nl = buf.find(b"\n", scan)
             if nl >= 0:
@@ -646,9 +677,19 @@ class _Connection:
                 self._line_started = now if buf else None
                 self._last_activity = now
                 if line.strip():  # blank lines are ignored (friendly to people using nc)
+                    decoded = self.server.decode(line) if len(line) <= INLINE_DECODE_BYTES \
+                        else None
+                    quick = None if decoded is None else self.server.answer_at_once(decoded)
+                    if quick is not None:
+                        out.append(quick)
+                        continue
+                    if out and not await self._flush(out):
+                        return False
                     await self._slots.acquire()
-                    self.nursery.start_soon(self._answer, line)
+                    self.nursery.start_soon(self._answer, line, decoded)
                 continue
+            if out and not await self._flush(out):
+                return False
             scan = len(buf)
             if len(buf) > limit:
                 break
@@ -677,10 +718,16 @@ class _Connection:
             f"request too large: a line may hold at most {limit} bytes").to_json()))
         return False
 
-    async def _answer(self, line: bytes) -> None:
+    async def _flush(self, out: list[bytes]) -> bool:
+        """Write the replies answered inline, in one write; False if the connection broke."""
+        data = b"".join(out)
+        out.clear()
+        return await self.send(data)
+
+    async def _answer(self, line: bytes, decoded: Decoded | list[Decoded] | None) -> None:
         call = _Call(self)
         try:
-            reply = await self.server.answer_line(line, call)
+            reply = await self.server.answer_line(line, call, decoded)
             if reply is None or await self.send(reply):
                 for hook in call.after_reply:
                     hook()
@@ -833,16 +880,33 @@ class QuerySocketServer:
             self.stats.active -= 1
             await trio.aclose_forcefully(stream)
 
-    async def answer_line(self, line: bytes, call: _Call) -> bytes | None:
-        """The reply line to one request line, or None when nothing is to be sent."""
-        lim = self.limits
-        if len(line) > INLINE_DECODE_BYTES:
-            decoded = await trio.to_thread.run_sync(
-                lambda: decode_request_line(line, max_request_bytes=lim.max_request_bytes,
-                                            max_batch=lim.max_batch))
-        else:
-            decoded = decode_request_line(line, max_request_bytes=lim.max_request_bytes,
-                                          max_batch=lim.max_batch)
+    def decode(self, line: bytes) -> Decoded | list[Decoded]:
+        return decode_request_line(line, max_request_bytes=self.limits.max_request_bytes,
+                                   max_batch=self.limits.max_batch)
+
+    def answer_at_once(self, decoded: Decoded | list[Decoded]) -> bytes | None:
+        """The reply line to a request the node answers from memory, else None."""
+        if not isinstance(decoded, Request) or decoded.notification:
+            return None
+        quick = QUICK.get(decoded.method)
+        if quick is None:
+            return None
+        try:
+            result = quick(self, decoded.params)
+        except Exception:  # edge: our bug; logged, and the usual path answers the request
+            log.exception("query socket: inline answer of %s failed", decoded.method)
+            return None
+        return None if result is None else _encode_result(decoded.id, result) + b"\n"
+
+    async def answer_line(self, line: bytes, call: _Call,
+                          decoded: Decoded | list[Decoded] | None = None) -> bytes | None:
+        """The reply line to one request line (``decoded``, when it was decoded already),
+        or None when nothing is to be sent."""
+        if decoded is None:
+            if len(line) > INLINE_DECODE_BYTES:
+                decoded = await trio.to_thread.run_sync(self.decode, line)
+            else:
+                decoded = self.decode(line)
         if isinstance(decoded, list):
             parts = [r for d in decoded if (r := await self._answer_one(d, call)) is not None]
             return b"[" + b",".join(parts) + b"]\n" if parts else None

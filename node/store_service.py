@@ -8,22 +8,49 @@ commits it all in one transaction (``Store.ingest_group``) on a worker thread, s
 thread never blocks on SQLite. Reads go to the store's read connections through
 ``trio.to_thread.run_sync``. The service also implements what sync and gossip need of a
 store (``node.sync.SyncStore``).
+
+Served documents and resolved names are kept in a :class:`~pithnode.node.read_cache.ReadCache`:
+``state``, ``served_state``, ``bundle`` and ``resolve`` answer what it holds on the trio
+thread, and read the store only on a miss. The writer invalidates the records each commit
+touched before it wakes the callers waiting for that commit, so a caller that saw its ingest
+committed reads the new state. ``repair`` (a fsck repair) clears the cache.
+
+A miss of ``state``, ``served_state`` or ``resolve`` (one short read each) joins a queue that
+reader lanes (tasks started by :meth:`StoreService.run`) drain: each lane hands every read
+queued meanwhile, up to ``MAX_READ_BATCH``, to one worker thread, so a burst of misses costs
+the trio thread one hand-off rather than one each. The queue is bounded by its callers (each
+waits for its own read, so it holds at most one read per waiting task). Without running
+lanes (before ``run``, after it stops) reads go to a worker thread each, as other reads do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import outcome
 import trio
 
 from pithnode.protocol.events import Event
 from pithnode.storage.errors import StoreClosed, StoreError
-from pithnode.storage.results import EventOutcome, IngestResult, Provenance, StoredState, StoreStats
-from pithnode.storage.store import MAX_BATCH_EVENTS, Store
+from pithnode.storage.results import (
+    EventOutcome,
+    IngestResult,
+    Provenance,
+    StoreCounts,
+    StoredState,
+    StoreStats,
+)
+from pithnode.storage.store import MAX_BATCH_EVENTS, FsckReport, Store
+
+from .api import Served
+from .read_cache import ReadCache
 
 if TYPE_CHECKING:
     # trio-typing (pulled in by libp2p) ships stubs that shadow trio's own annotations.
@@ -37,6 +64,31 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE = 64
 #: Worker threads reading at once.
 DEFAULT_READERS = 8
+#: Reader lanes for the query path's store reads (states, names): each hands the reads
+#: queued meanwhile, up to MAX_READ_BATCH, to one worker thread at once.
+DEFAULT_READ_LANES = 2
+MAX_READ_BATCH = 32
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False, slots=True)
+class _Read:
+    fn: Callable[[], Any]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: outcome.Outcome[Any] | None = None
+
+
+def _run_reads(batch: Sequence[_Read]) -> list[outcome.Outcome[Any]]:
+    return [outcome.capture(r.fn) for r in batch]
+
+
+def _finish(batch: Sequence[_Read], results: Sequence[outcome.Outcome[Any]]) -> None:
+    """Hand each read its result; reads without one get StoreClosed."""
+    for i, read in enumerate(batch):
+        read.result = results[i] if i < len(results) else outcome.Error(
+            StoreClosed("the store service stopped"))
+        read.done.set()
 
 
 @dataclass(eq=False, slots=True)
@@ -62,18 +114,32 @@ class StoreService:
 
     def __init__(self, store: Store, *, queue_size: int = DEFAULT_QUEUE,
                  clock: Callable[[], float] = time.time,
-                 readers: int = DEFAULT_READERS) -> None:
+                 readers: int = DEFAULT_READERS, cache: ReadCache | None = None,
+                 read_lanes: int = DEFAULT_READ_LANES) -> None:
         self.store = store
+        self.cache = cache if cache is not None else ReadCache()
         self._clock = clock
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
         self._limiter = trio.CapacityLimiter(readers)
         self._closed = False
         self.batches = 0
+        self._lanes = read_lanes
+        self._lanes_running = False
+        self._reads: deque[_Read] = deque()
+        self._reads_queued = trio.Event()
+        self.read_batches = 0
 
     # -- the writer ------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """The writer task: commit queued batches until cancelled."""
+        """The writer task, and the reader lanes: commit queued batches until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._lanes):
+                nursery.start_soon(self._read_lane)
+            self._lanes_running = True
+            await self._write_loop(task_status)
+
+    async def _write_loop(self, task_status: TaskStatus[None]) -> None:
         carry: _Request | None = None
         try:
             async with self._receive:
@@ -108,16 +174,63 @@ class StoreService:
     async def _commit(self, group: list[_Request]) -> None:
         parts = [(r.events, r.source, r.received_at) for r in group]
         try:
-            results = await trio.to_thread.run_sync(self.store.ingest_group, parts)
+            results, touched, keys = await trio.to_thread.run_sync(self._write, parts)
         except StoreError as exc:
             # the batch is not stored; its callers get the error, the writer carries on
             log.error("ingest of %d events failed: %s", sum(len(p[0]) for p in parts), exc)
             for req in group:
                 req.finish(None, exc)
             return
+        # before anyone learns of the commit: no read after it may see a cached old state
+        self.cache.invalidate(touched, keys)
         self.batches += 1
         for req, result in zip(group, results, strict=True):
             req.finish(result, None)
+
+    def _write(self, parts: Sequence[tuple[Sequence[Event], str, float]]
+               ) -> tuple[list[IngestResult], set[str], set[tuple[str, str]] | None]:
+        """(worker thread) Commit; then the touched records and their alias keys now."""
+        results = self.store.ingest_group(parts)
+        touched = {s for r in results for s in r.records_touched}
+        try:
+            keys = self.store.alias_keys(touched) if touched else set()
+        except StoreError as exc:  # committed all the same: the cache forgets every name
+            log.warning("cannot read the aliases of the records a commit touched: %s", exc)
+            keys = None
+        return results, touched, keys
+
+    # -- the reader lanes --------------------------------------------------------------------
+    async def _read_lane(self) -> None:
+        try:
+            while True:
+                while not self._reads:
+                    if self._reads_queued.is_set():
+                        self._reads_queued = trio.Event()
+                    await self._reads_queued.wait()
+                batch = [self._reads.popleft()
+                         for _ in range(min(len(self._reads), MAX_READ_BATCH))]
+                results: list[outcome.Outcome[Any]] = []
+                try:
+                    results = await trio.to_thread.run_sync(_run_reads, batch)
+                    self.read_batches += 1
+                finally:  # (cancelled before the thread started: the batch is failed)
+                    _finish(batch, results)
+        finally:
+            self._lanes_running = False
+            _finish(list(self._reads), [])
+            self._reads.clear()
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on a worker thread, in a reader lane's next batch."""
+        if not self._lanes_running:
+            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        read = _Read(fn)
+        self._reads.append(read)
+        self._reads_queued.set()
+        await read.done.wait()  # cancelled meanwhile: the read still runs; its result is lost
+        assert read.result is not None
+        value: T = read.result.unwrap()
+        return value
 
     # -- writes ------------------------------------------------------------------------------
     async def ingest(self, events: Sequence[Event], *, source: str,
@@ -155,22 +268,89 @@ class StoreService:
         result = await self.ingest(events, source=source)
         return result.new, result.duplicate, result.rejected
 
+    async def repair(self, *, verify_signatures: bool = False) -> FsckReport:
+        """Rebuild every index and state from the objects (``Store.fsck(repair=True)``),
+        dropping damaged objects; the read cache starts afresh."""
+        self.cache.clear()
+        try:
+            return await trio.to_thread.run_sync(partial(
+                self.store.fsck, repair=True, verify_signatures=verify_signatures))
+        finally:
+            self.cache.clear()
+
     # -- reads -------------------------------------------------------------------------------
     async def resolve(self, identifier: str) -> str | None:
-        return await trio.to_thread.run_sync(self.store.resolve, identifier,
-                                             limiter=self._limiter)
+        """The full Pith Number ``identifier`` names; raises ``InputError`` for text that is
+        no identifier (unless cached, which it then is)."""
+        cache = self.cache
+        pith = cache.pith_of(identifier)
+        if pith is not None:
+            return pith
+        ticket = cache.ticket
+        pith = await self._read(partial(self.store.resolve, identifier))
+        if pith is not None:
+            cache.put_name(ticket, identifier, pith)
+        return pith
 
-    async def state(self, identifier: str) -> StoredState | None:
-        return await trio.to_thread.run_sync(self.store.state, identifier,
-                                             limiter=self._limiter)
+    async def state(self, identifier: str, *, cached: bool = True) -> StoredState | None:
+        """The state of the record ``identifier`` names: cached, or one store read.
+
+        ``cached=False`` reads the store and leaves the cache as it is: for scans over many
+        records (attestations, notifications of a bulk ingest), which would evict what
+        clients ask for, and which want a damaged stored state found now.
+        """
+        if not cached:
+            return await trio.to_thread.run_sync(self.store.state, identifier,
+                                                 limiter=self._limiter)
+        cache = self.cache
+        st = cache.state(identifier)
+        if st is not None:
+            return st
+        ticket = cache.ticket
+        st = await self._read(partial(self.store.state, identifier))
+        if st is not None:
+            cache.put_state(ticket, identifier, st)
+        return st
 
     async def state_heads(self, subjects: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """(state_sha256, event_count) of the stored records among ``subjects``; one read,
+        past the cache."""
         return await trio.to_thread.run_sync(self.store.state_heads, subjects,
                                              limiter=self._limiter)
 
-    async def bundle(self, identifier: str) -> bytes | None:
-        return await trio.to_thread.run_sync(self.store.bundle, identifier,
-                                             limiter=self._limiter)
+    async def served_state(self, identifier: str) -> Served | None:
+        """The served state document of the record ``identifier`` names (ETag: its
+        state_sha256): the query path, answered on the trio thread when cached."""
+        cache = self.cache
+        served = cache.served_state(identifier)
+        if served is not None:
+            return served
+        ticket = cache.ticket
+        st = await self._read(partial(self.store.state, identifier))
+        if st is None:
+            return None
+        cache.put_state(ticket, identifier, st)
+        return Served(st.pith_number, st.data, st.state_sha256)
+
+    async def bundle(self, identifier: str) -> Served | None:
+        """The served bundle of the record ``identifier`` names (ETag: its SHA-256)."""
+        cache = self.cache
+        served = cache.bundle(identifier)
+        if served is not None:
+            return served
+        ticket = cache.ticket
+        served = await trio.to_thread.run_sync(self._read_bundle, identifier,
+                                               limiter=self._limiter)
+        if served is not None:
+            cache.put_bundle(ticket, identifier, served)
+        return served
+
+    def _read_bundle(self, identifier: str) -> Served | None:
+        found = self.store.record_bundle(identifier)
+        if found is None:
+            return None
+        pith, data = found
+        return Served(pith, data, hashlib.sha256(data).hexdigest())
 
     async def events(self, identifier: str) -> list[Event]:
         return await trio.to_thread.run_sync(self.store.events, identifier,
@@ -206,3 +386,6 @@ class StoreService:
 
     async def stats(self) -> StoreStats:
         return await trio.to_thread.run_sync(self.store.stats, limiter=self._limiter)
+
+    async def counts(self) -> StoreCounts:
+        return await trio.to_thread.run_sync(self.store.counts, limiter=self._limiter)

@@ -119,6 +119,16 @@ class StoreStats:
     file_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """The cheap part of :class:`StoreStats` (no scan of the objects table)."""
+
+    records: int
+    events: int
+    #: database file plus its WAL
+    file_bytes: int
+
+
 @dataclass(slots=True)
 class DocumentResult:
     """What importing one document (or one JSON Lines stream) did.

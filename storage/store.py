@@ -63,6 +63,7 @@ from .results import (
     IngestResult,
     IngestSummary,
     Provenance,
+    StoreCounts,
     StoredState,
     StoreStats,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "IngestSummary",
     "Provenance",
     "Store",
+    "StoreCounts",
     "StoreStats",
     "StoredState",
 ]
@@ -444,6 +446,11 @@ class Store:
         Holds the record and aliases (from its state), every admitted registry event, then
         every stored event (import attestations last); the same events give the same bytes.
         """
+        found = self.record_bundle(identifier)
+        return None if found is None else found[1]
+
+    def record_bundle(self, identifier: str) -> tuple[str, bytes] | None:
+        """(Pith Number, served bundle bytes) of the record ``identifier`` names."""
         with self._read("cannot read a bundle", snapshot=True) as conn:
             found = self._subject(conn, identifier)
             if found is None:
@@ -454,7 +461,22 @@ class Store:
         registry, _ = self._admissions(e for e in natives if e.event_type == "registry_import")
         data: bytes = build_bundle(st.pith_number, current["canonical_record"],
                                    current["source_aliases"], registry + natives)
-        return data
+        return st.pith_number, data
+
+    def alias_keys(self, pith_numbers: Iterable[str]) -> set[tuple[str, str]]:
+        """Every (kind, value) lookup key that names one of these records now: the keys
+        :meth:`resolve` may answer with one of them (a read cache drops those names after
+        a commit touched the records)."""
+        wanted = sorted(set(pith_numbers))
+        keys: set[tuple[str, str]] = set()
+        with self._read("cannot read aliases", snapshot=True) as conn:
+            for i in range(0, len(wanted), IN_CHUNK):
+                chunk = wanted[i:i + IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                keys.update((str(k), str(v)) for k, v in conn.execute(
+                    "SELECT a.kind, a.value FROM aliases a JOIN records r ON r.id = a.record "
+                    f"WHERE r.pith IN ({marks})", chunk))
+        return keys
 
     def event(self, event_id: EventRef) -> Event | None:
         """A stored event, or a registry event carried by a stored import attestation."""
@@ -603,6 +625,8 @@ class Store:
         return str(row[0]) if row else None
 
     def stats(self) -> StoreStats:
+        """Every figure, including the objects' sizes: this scans the objects table (about
+        0.3 s for 100,000 records); :meth:`counts` is the cheap part."""
         with self._read("cannot read statistics", snapshot=True) as conn:
             records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
             events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -610,11 +634,21 @@ class Store:
                 "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(length(data)), 0) "
                 "FROM objects").fetchone()
             invalid = conn.execute("SELECT count(*) FROM invalid_events").fetchone()[0]
+        return StoreStats(records, events, objects, invalid, size, stored, self._file_bytes())
+
+    def counts(self) -> StoreCounts:
+        """Records, events and file size, from the indexes (what the metrics gauges show)."""
+        with self._read("cannot read statistics", snapshot=True) as conn:
+            records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+            events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        return StoreCounts(records, events, self._file_bytes())
+
+    def _file_bytes(self) -> int:
         files = 0
         for p in (self.path, self.path.with_name(self.path.name + "-wal")):
             with suppress(FileNotFoundError):
                 files += p.stat().st_size
-        return StoreStats(records, events, objects, invalid, size, stored, files)
+        return files
 
     # -- checking ---------------------------------------------------------------------------
     def fsck(self, repair: bool = False, *, verify_signatures: bool = False) -> FsckReport:

@@ -14,6 +14,7 @@ every change of the fake's state (subscribers, submits in progress) rather than 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 import trio
 
-from pithnode.node.api import NotFound, RecordView, SubmitOutcome
+from pithnode.node.api import NotFound, RecordView, Served, SubmitOutcome
 from pithnode.node.cli_context import load_spec
 from pithnode.protocol.bundle import build_bundle
 from pithnode.protocol.errors import InputError
@@ -151,15 +152,33 @@ class FakeNode:
                 return rec.pith_number
         return None
 
-    async def state_bytes(self, pith_number: str) -> tuple[bytes, str] | None:
-        self._enter("state_bytes")
-        rec = self.records.get(pith_number)
-        return None if rec is None else (rec.state_bytes, rec.state_sha256)
+    async def served_state(self, identifier: str) -> Served | None:
+        pn = await self.resolve(identifier)
+        self._enter("served_state")
+        rec = None if pn is None else self.records.get(pn)
+        return None if rec is None else Served(rec.pith_number, rec.state_bytes,
+                                               rec.state_sha256)
 
-    async def bundle_bytes(self, pith_number: str) -> bytes | None:
-        self._enter("bundle_bytes")
-        rec = self.records.get(pith_number)
-        return None if rec is None else rec.bundle_bytes
+    async def served_bundle(self, identifier: str) -> Served | None:
+        pn = await self.resolve(identifier)
+        self._enter("served_bundle")
+        rec = None if pn is None else self.records.get(pn)
+        return None if rec is None else Served(rec.pith_number, rec.bundle_bytes,
+                                               hashlib.sha256(rec.bundle_bytes).hexdigest())
+
+    def cached_state(self, identifier: str) -> Served | None:
+        """Like a node holding its records in memory by Pith Number: a full Pith Number is
+        answered at once (the socket's inline path), anything else by ``served_state``."""
+        self._enter("cached_state")
+        rec = self.records.get(identifier)
+        return None if rec is None else Served(rec.pith_number, rec.state_bytes,
+                                               rec.state_sha256)
+
+    def cached_bundle(self, identifier: str) -> Served | None:
+        self._enter("cached_bundle")
+        rec = self.records.get(identifier)
+        return None if rec is None else Served(rec.pith_number, rec.bundle_bytes,
+                                               hashlib.sha256(rec.bundle_bytes).hexdigest())
 
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         self._enter("events")

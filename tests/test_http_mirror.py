@@ -28,7 +28,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from pithnode.node import http_server
-from pithnode.node.api import NotFound, RecordView, SubmitOutcome
+from pithnode.node.api import NotFound, RecordView, Served, SubmitOutcome
 from pithnode.node.http_mirror import MAX_PATH_BYTES, make_app, serve_http
 from pithnode.node.http_server import NOT_ASCII_TARGET
 from pithnode.node.metrics import NodeMetrics
@@ -297,15 +297,24 @@ class FakeMirrorNode:
             return None
         return self.aliases.get((kind, value))
 
-    async def state_bytes(self, pith_number: str) -> tuple[bytes, str] | None:
+    async def served_state(self, identifier: str) -> Served | None:
         self._check()
-        r = self.records.get(pith_number)
-        return None if r is None else (r.state, r.state_sha256)
+        full = await self.resolve(identifier)
+        r = None if full is None else self.records.get(full)
+        return None if r is None else Served(r.full, r.state, r.state_sha256)
 
-    async def bundle_bytes(self, pith_number: str) -> bytes | None:
+    async def served_bundle(self, identifier: str) -> Served | None:
         self._check()
-        r = self.records.get(pith_number)
-        return None if r is None else r.bundle
+        full = await self.resolve(identifier)
+        r = None if full is None else self.records.get(full)
+        return None if r is None else Served(r.full, r.bundle,
+                                             hashlib.sha256(r.bundle).hexdigest())
+
+    def cached_state(self, identifier: str) -> Served | None:
+        return None  # the HTTP mirror asks served_state
+
+    def cached_bundle(self, identifier: str) -> Served | None:
+        return None
 
     async def events(self, pith_number: str) -> list[dict[str, Any]]:
         r = self.records.get(pith_number)

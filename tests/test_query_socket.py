@@ -272,6 +272,45 @@ async def test_state_bytes_travel_unchanged(sock_path: Path) -> None:
             assert json.loads(line)["id"] == 7
 
 
+async def test_answers_held_in_memory_are_written_inline(sock_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """Pipelined lines: those the node holds in memory (the fake: by full Pith Number) are
+    answered inline, the rest by the usual path; every request gets its own reply, and a
+    failing memory lookup only sends its request the usual way."""
+    fake = FakeNode()
+    golden = GOLDEN.read_bytes()
+    ids = [GOLDEN_PN, "1812.04754", GOLDEN_PN, "pith:AAAAAAAA", GOLDEN_PN]
+    lines = b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "record.state",
+                                 "params": {"id": ident}}).encode() + b"\n"
+                     for i, ident in enumerate(ids))
+    with trio.fail_after(TIMEOUT):
+        async with running(fake, sock_path) as h:
+            client = await h.connect()
+            await client.send(lines + b'{"jsonrpc":"2.0","id":9,"method":"record.bundle",'
+                              b'"params":{"id":"' + GOLDEN_PN.encode() + b'"}}\n')
+            raw = {}
+            for _ in range(len(ids) + 1):
+                line = await client.line()
+                raw[json.loads(line)["id"]] = line
+            assert fake.calls.count("served_state") == 2  # only the arXiv id and the unknown
+            assert "served_bundle" not in fake.calls
+            fake.failing.add("cached_state")
+            again = await client.request("record.state", {"id": GOLDEN_PN})
+    for i, ident in enumerate(ids):
+        if ident == "pith:AAAAAAAA":
+            assert json.loads(raw[i])["error"]["code"] == NOT_FOUND
+        else:
+            assert golden in raw[i] and json.loads(raw[i])["result"]["state_sha256"] == \
+                GOLDEN_SHA
+    bundle = json.loads(raw[9])["result"]
+    assert served_json(bundle["bundle"]) == fake.records[GOLDEN_PN].bundle_bytes
+    assert again["result"]["pith_number"] == GOLDEN_PN
+    assert fake.calls.count("served_state") == 3
+    assert any("inline answer of record.state failed" in r.message for r in caplog.records)
+    assert h.server.stats.internal_errors == 0
+
+
 async def test_subscribe_notify_unsubscribe(sock_path: Path) -> None:
     fake = FakeNode()
     with trio.fail_after(TIMEOUT):
@@ -494,10 +533,11 @@ async def test_store_failures_are_answered_plainly(
 async def test_store_failures_of_reads_do_not_claim_a_submit(sock_path: Path) -> None:
     fake = FakeNode()
 
-    async def resolve(identifier: str) -> str | None:
+    async def served_state(identifier: str) -> None:
         raise StoreIOError("cannot read the store: disk I/O error")
 
-    fake.resolve = resolve  # type: ignore[method-assign]
+    fake.served_state = served_state  # type: ignore[method-assign]
+    fake.cached_state = lambda identifier: None  # type: ignore[method-assign]  # a miss
     with trio.fail_after(TIMEOUT):
         async with running(fake, sock_path), open_query_client(sock_path) as client:
             with pytest.raises(RpcError) as info:
