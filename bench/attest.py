@@ -85,12 +85,13 @@ async def _audit(tmp: Path, records: int, challenges: int, per_challenge: int
             seed = hashlib.sha256(b"bench attest %d" % i).digest()
             node = Node(_config(d), data_dir=d, spec=spec, key=SigningKey(seed),
                         transport=network.create(seed, TransportConfig(
-                            listen_addrs=("/memory/0",))))
+                            listen_addrs=("/memory/0",))), attest=False)
             await outer.start(node.run)
             nodes.append(node)
         async with trio.open_nursery() as inner:
             for node in nodes:
                 att = Attestor(node, node.cfg.attest, limits=limits)
+                node.attestor = att
                 await inner.start(att.run)
                 atts.append(att)
             await nodes[0].transport.connect(
