@@ -582,9 +582,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  import: {imported['events']} events in {imported['seconds']} s "
           f"({imported['events_per_s']} events/s; generating them took "
           f"{imported.get('generate_seconds', '?')} s)")
+    rows = []
     for name, value, target, ok in verdicts(result):
         mark = "" if ok is None else ("  ok" if ok else "  MISSED")
         print(f"  {name:34} {value:>16}  {target:>10}{mark}")
+        row: dict[str, Any] = {"name": name, "value": value}
+        if target:
+            row["target"] = target
+        if ok is not None:
+            row["met"] = ok
+        rows.append(row)
+    result["figures"] = rows  # the rows bench/run_all.py puts in BENCHMARKS.md
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
