@@ -58,6 +58,8 @@ def machine() -> dict[str, Any]:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -71,11 +73,23 @@ def render(results: list[dict[str, Any]], mach: dict[str, Any], quick: bool) -> 
              f" on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in mach.items()), "",
              "Every ratio compares two figures measured in the same run on the same machine.",
-             ""]
+             "Each section is one run of its benchmark (`--results` keeps them, so one can be "
+             "run again); its line says when it finished, and the load average the benchmark "
+             "saw, where it records one, says how busy the machine was.", ""]
     for res in results:
         lines += [f"## {res['name']}", "", f"Command: `{res['command']}`"
                   + (f" (finished {res['finished']}, {res['seconds']:,.0f} s)"
                      if res.get("finished") else ""), ""]
+        raw = res.get("raw")
+        load = None
+        if isinstance(raw, dict):
+            mach_raw = raw.get("machine")
+            if isinstance(mach_raw, dict):
+                load = mach_raw.get("loadavg", mach_raw.get("loadavg_start"))
+            load = load if load is not None else raw.get("loadavg")
+        if load is not None:
+            shown = [round(x, 2) for x in load] if isinstance(load, list) else round(load, 2)
+            lines += [f"Load average at the start: {shown}", ""]
         if res.get("error"):
             lines += [f"**Did not complete:** {res['error']}", ""]
             continue
@@ -88,8 +102,14 @@ def render(results: list[dict[str, Any]], mach: dict[str, Any], quick: bool) -> 
             for f in figures:
                 lines.append("| " + " | ".join(_fmt(f.get(k, "")) for k in present) + " |")
         else:
-            flat = figures if isinstance(figures, dict) else {
-                k: v for k, v in res.get("raw", {}).items() if not isinstance(v, (dict, list))}
+            source = figures if isinstance(figures, dict) else res.get("raw", {})
+            flat: dict[str, Any] = {}
+            for k, v in source.items():
+                if isinstance(v, dict):  # one level of nesting: "audit objects_per_s"
+                    flat.update({f"{k} {sub}": x for sub, x in v.items()
+                                 if not isinstance(x, (dict, list))})
+                elif not isinstance(v, list):
+                    flat[k] = v
             lines += ["| figure | value |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in flat.items()]
         lines.append("")
