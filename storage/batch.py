@@ -26,7 +26,7 @@ from pithnode.protocol.spec import NetworkSpec
 
 from .codec import encode_event
 from .errors import BatchTooLarge, StoreError
-from .materialise import raw_event_id
+from .materialise import in_lists, raw_event_id
 from .results import EventOutcome, IngestResult, Outcome
 
 __all__ = [
@@ -53,8 +53,6 @@ MAX_BATCH_EVENTS = 5000
 MAX_BATCH_BYTES = 64 << 20
 DEFAULT_BATCH_EVENTS = 1000
 MAX_SOURCE_CHARS = 1024
-#: Host parameters per ``IN (...)`` query.
-IN_CHUNK = 500
 _WHOLE_SECONDS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 
 #: Events with the source they came from and when they were received.
@@ -110,9 +108,7 @@ def stored_digests(conn: sqlite3.Connection, ids: Iterable[bytes | None]) -> dic
     """Object SHA-256 of the stored events among ``ids``."""
     out: dict[bytes, bytes] = {}
     unique = sorted({i for i in ids if i is not None})
-    for i in range(0, len(unique), IN_CHUNK):
-        chunk = unique[i:i + IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in in_lists(unique):
         out.update(conn.execute(f"SELECT e.eid, o.sha256 FROM events e JOIN objects o "
                                 f"ON o.id = e.id WHERE e.eid IN ({marks})", chunk))
     return out

@@ -10,7 +10,7 @@ import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pithnode.protocol.canonical import canonical_sha256
 from pithnode.protocol.errors import InputError
@@ -25,10 +25,12 @@ from .codec import CodecError, decode_event, encode_bytes
 from .errors import StoreCorrupt
 
 __all__ = [
+    "IN_CHUNK",
     "MaterialisedState",
     "alias_rows",
     "carried_ids",
     "encode_state",
+    "in_lists",
     "load_events",
     "materialise",
     "prefix_alias_rows",
@@ -149,8 +151,17 @@ def materialise(subject: str, events: Sequence[tuple[bytes, Event]],
     return MaterialisedState(state, state.served_bytes(), fingerprint, len(events))
 
 
-#: Record ids per ``IN (...)`` list (well under SQLite's 32766 host parameters).
-_IDS_PER_STATEMENT = 900
+#: Host parameters per ``IN (...)`` list.
+IN_CHUNK = 500
+
+_T = TypeVar("_T")
+
+
+def in_lists(values: Sequence[_T]) -> Iterator[tuple[list[_T], str]]:
+    """``values`` in chunks of at most IN_CHUNK, each with its ``?,?,...`` placeholders."""
+    for i in range(0, len(values), IN_CHUNK):
+        chunk = list(values[i:i + IN_CHUNK])
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def encode_state(served: bytes) -> tuple[int, bytes, bytes]:
@@ -185,10 +196,7 @@ def write_states(conn: sqlite3.Connection,
         "INSERT OR REPLACE INTO states (record, state_sha256, fingerprint, stored_events, "
         "event_count, valid_count, invalid_count, equivocation_count, codec, size, "
         "data_sha256, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-    ids = [r[0] for r in rows]
-    for i in range(0, len(ids), _IDS_PER_STATEMENT):
-        chunk = ids[i:i + _IDS_PER_STATEMENT]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in in_lists([r[0] for r in rows]):
         conn.execute(f"DELETE FROM invalid_events WHERE record IN ({marks})", chunk)
         conn.execute(f"DELETE FROM aliases WHERE origin = ? AND record IN ({marks})",
                      [ORIGIN_STATE, *chunk])

@@ -36,7 +36,6 @@ from pithnode.protocol.spec import NetworkSpec
 
 from .batch import (
     DEFAULT_BATCH_EVENTS,
-    IN_CHUNK,
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
     Batch,
@@ -55,7 +54,7 @@ from .connections import ReaderPool, acquire_lock
 from .errors import BatchTooLarge, StoreClosed, StoreCorrupt, StoreError, StoreMissing
 from .fsck import FsckReport, check, rebuild
 from .importer import BinaryReader, import_stream
-from .materialise import load_events, raw_event_id, spec_digest
+from .materialise import in_lists, load_events, raw_event_id, spec_digest
 from .migrate import connect, create_atomically, translate, upgrade
 from .results import (
     DocumentResult,
@@ -376,12 +375,10 @@ class Store:
 
     def state_heads(self, subjects: Sequence[str]) -> dict[str, tuple[str, int]]:
         """``{Pith Number: (state_sha256 hex, event_count)}`` of the stored records among
-        ``subjects`` (full Pith Numbers), one query per 900, no state document read."""
+        ``subjects`` (full Pith Numbers), no state document read."""
         out: dict[str, tuple[str, int]] = {}
         with self._read("cannot read states") as conn:
-            for i in range(0, len(subjects), 900):
-                chunk = list(subjects[i:i + 900])
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_lists(subjects):
                 for pith, sha, count in conn.execute(
                         "SELECT r.pith, s.state_sha256, s.event_count FROM records r JOIN "
                         f"states s ON s.record = r.id WHERE r.pith IN ({marks})", chunk):
@@ -470,9 +467,7 @@ class Store:
         wanted = sorted(set(pith_numbers))
         keys: set[tuple[str, str]] = set()
         with self._read("cannot read aliases", snapshot=True) as conn:
-            for i in range(0, len(wanted), IN_CHUNK):
-                chunk = wanted[i:i + IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_lists(wanted):
                 keys.update((str(k), str(v)) for k, v in conn.execute(
                     "SELECT a.kind, a.value FROM aliases a JOIN records r ON r.id = a.record "
                     f"WHERE r.pith IN ({marks})", chunk))
@@ -498,9 +493,7 @@ class Store:
         wanted = [r for r in (_event_ref(i) for i in ids) if r is not None]
         found: dict[bytes, tuple[Event, bytes]] = {}
         with self._read("cannot read events") as conn:
-            for i in range(0, len(wanted), IN_CHUNK):
-                chunk = wanted[i:i + IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_lists(wanted):
                 for eid, ev, exact in _decoded(conn.execute(
                         f"{_EVENT_ROWS} WHERE e.eid IN ({marks})", chunk)):
                     found[eid] = (ev, exact)

@@ -20,6 +20,7 @@ from .batch import Batch, Item
 from .materialise import (
     carried_ids,
     encode_state,
+    in_lists,
     load_events,
     materialise,
     prefix_alias_rows,
@@ -39,8 +40,6 @@ Events = list[tuple[bytes, Event]]
 _LOOKUPS = ("event_types", "sources", "signers")
 #: Rows per multi-row INSERT (8 columns: well under SQLite's 32766 host parameters).
 _ROWS_PER_INSERT = 500
-#: Pith Numbers per ``IN (...)`` lookup.
-_IDS_PER_LOOKUP = 900
 
 
 def _insert_rows(conn: sqlite3.Connection, into: str, rows: Sequence[tuple[object, ...]]
@@ -160,11 +159,9 @@ class BatchWriter:
         """Ids of the records named by ``subjects`` (in their order), making the missing
         ones with their Pith Number aliases; and the set of ids made here."""
         known: dict[str, int] = {}
-        for i in range(0, len(subjects), _IDS_PER_LOOKUP):
-            chunk = subjects[i:i + _IDS_PER_LOOKUP]
-            known.update(conn.execute(
-                f"SELECT pith, id FROM records WHERE pith IN ({','.join('?' * len(chunk))})",
-                chunk).fetchall())
+        for chunk, marks in in_lists(subjects):
+            known.update(conn.execute(f"SELECT pith, id FROM records WHERE pith IN ({marks})",
+                                      chunk).fetchall())
         created: set[int] = set()
         aliases = []
         for subject in subjects:
