@@ -37,7 +37,7 @@ from pithnode.storage.store import Store
 
 from .cli_context import Context
 from .cli_store import STORE_FILE, data_dir, node_key, store_spec
-from .errors import CliError
+from .errors import CliError, leaf_exception
 from .pull import (
     CACHE_FILE,
     FetchConfig,
@@ -238,11 +238,6 @@ async def _pull_main(source_text: str, refs: list[RecordRef], all_known: bool,
             reporter.close()
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
 
 def cmd_pull(args: argparse.Namespace, ctx: Context) -> int:
     config = _config(args)
@@ -269,7 +264,7 @@ def cmd_pull(args: argparse.Namespace, ctx: Context) -> int:
                 _pull_main, args.source, refs, args.all_known, config, sink, spec,
                 cache, args.force, ctx, args.json))
         except Exception as exc:  # the edge: known failures become one line
-            leaf = _leaf(exc)
+            leaf = leaf_exception(exc)
             if isinstance(leaf, SourceError):
                 raise CliError(str(leaf), hint="check SOURCE: a mirror's base URL or its "
                                "pith-mirrors.json") from exc

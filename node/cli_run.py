@@ -18,7 +18,7 @@ from pithnode.storage.errors import StoreError, StoreLocked
 from .cli_context import Context, load_spec
 from .cli_store import NETWORK_FILE, node_key
 from .config import NodeConfig, load_config
-from .errors import CliError, ConfigError
+from .errors import CliError, ConfigError, leaf_exception
 from .logs import configure_logging
 from .paths import default_data_dir
 
@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         trio.run(_main, node, ctx)
     except Exception as exc:  # the edge: known failures become one line, others propagate
-        leaf = _leaf(exc)
+        leaf = leaf_exception(exc)
         if isinstance(leaf, StoreLocked):
             raise CliError(f"another pithnode is running on {data_dir} ({leaf})",
                            hint="stop it first, or use another --data-dir") from exc
@@ -96,12 +96,6 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         raise
     return 0
 
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The single exception inside nested one-member exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def _main(node: Node, ctx: Context) -> None:

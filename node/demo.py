@@ -41,7 +41,7 @@ from .cli_run import resolve_spec
 from .cli_store import NETWORK_FILE, node_key
 from .config import NodeConfig, load_config
 from .daemon import Node, Ready, transport_config
-from .errors import CliError, ConfigError
+from .errors import CliError, ConfigError, leaf_exception
 from .libp2p_transport import Libp2pTransport
 from .logs import configure_logging
 from .synth import SynthConfig, SynthKeys, generate, synth_keys
@@ -159,11 +159,6 @@ class Pages:
     records: int
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
 
 def _make_node(cfg: NodeConfig, data_dir: Path, ctx: Context, key: SigningKey) -> Node:
     spec = resolve_spec(ctx, cfg, data_dir)
@@ -178,7 +173,7 @@ async def _start(nursery: trio.Nursery, cfg: NodeConfig, data_dir: Path, ctx: Co
         ready: Ready = await nursery.start(_make_node(cfg, data_dir, ctx, key).run)
         return ready
     except ExceptionGroup as group:
-        leaf = _leaf(group)
+        leaf = leaf_exception(group)
         if not (isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE
                 and cfg.http.port != 0):
             raise
@@ -238,7 +233,7 @@ def serve(cfg: NodeConfig, data_dir: Path, ctx: Context, pages: Pages) -> int:
     try:
         trio.run(_serve, cfg, data_dir, ctx, key, pages)
     except Exception as exc:  # the edge: known failures become one line, others propagate
-        leaf = _leaf(exc)
+        leaf = leaf_exception(exc)
         if isinstance(leaf, StoreLocked):
             raise CliError(f"another pithnode is running on {data_dir}",
                            hint="stop it first, or use another DATA_DIR") from exc

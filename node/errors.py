@@ -18,3 +18,11 @@ class CliError(NodeError):
 
 class ConfigError(NodeError):
     """A config file is missing, malformed, or names an unknown section or key."""
+
+
+def leaf_exception(exc: BaseException) -> BaseException:
+    """The single exception inside nested one-member exception groups (trio's nurseries
+    wrap what a task raised), or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -32,6 +32,7 @@ from pithnode.protocol.wire import (
     prefixes_match,
 )
 
+from .errors import leaf_exception
 from .transport import PeerId, Stream, TransportError, short_id
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,6 @@ def _chunks(raw: Sequence[bytes]) -> list[list[bytes]]:
         out[-1].append(data)
         size += len(data)
     return out
-
-
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 class SyncEngine:
@@ -226,7 +220,7 @@ class SyncEngine:
                         await self._receive_events(stream, machine, result, set(wanted),
                                                    send_q)
         except BaseExceptionGroup as group:  # one task failed: raise its error as it is
-            raise _sole(group) from None
+            raise leaf_exception(group) from None
 
     async def _receive_events(self, stream: Stream, machine: SessionMachine,
                               result: SyncResult, wanted: set[bytes],
