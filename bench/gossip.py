@@ -24,7 +24,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -39,6 +38,7 @@ if str(ROOT) not in sys.path:  # the cluster harness lives in tests/
 
 import trio  # noqa: E402
 
+from bench.common import figure, machine, show  # noqa: E402
 from pithnode.node.query_socket import QueryClient, open_query_client  # noqa: E402
 from pithnode.node.synth import SynthConfig, synth_keys, synth_record  # noqa: E402
 from tests.cluster import Cluster, NodeProcess, NodeSettings  # noqa: E402
@@ -46,48 +46,6 @@ from tests.cluster import Cluster, NodeProcess, NodeSettings  # noqa: E402
 SEED = 9
 EVENTS_PER_RECORD = 6.6
 WARMUP_EVENTS = 50
-
-
-# ---------------------------------------------------------------------------- figures
-
-
-def figure(name: str, value: Any, unit: str = "", *, target: str = "", peer: str = ""
-           ) -> dict[str, Any]:
-    """One figure in the form bench/run_all.py renders."""
-    out: dict[str, Any] = {"name": name, "value": value, "unit": unit}
-    if peer:
-        out["peer"] = peer
-    if target:
-        out["target"] = target
-        op, bound = target.split()
-        out["met"] = value >= float(bound) if op == ">=" else value <= float(bound)
-    return out
-
-
-def show(f: dict[str, Any]) -> str:
-    v = f["value"]
-    text = f"{f['name']}: {v:,.3f}" if isinstance(v, float) else f"{f['name']}: {v:,}" \
-        if isinstance(v, int) else f"{f['name']}: {v}"
-    if f["unit"]:
-        text += f" {f['unit']}"
-    if "peer" in f:
-        text += f" ({f['peer']})"
-    if "target" in f:
-        text += f" (target {f['target']}: {'met' if f['met'] else 'MISSED'})"
-    return text
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def percentile(values: list[float], q: float) -> float:

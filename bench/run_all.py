@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the repository's bench/
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import machine  # noqa: E402
+
 BENCH = ROOT / "bench"
 #: where benchmarks keep generated corpora and stores between runs
 CACHE = Path(tempfile.gettempdir()) / "pithnode-bench-corpus"
@@ -34,27 +37,6 @@ BENCHMARKS: list[tuple[str, str, list[str], list[str]]] = [
     ("query", "query.py", ["--data-dir", str(CACHE / "query")], ["--records", "5000"]),
     ("attest", "attest.py", [], ["--tree-records", "100000"]),
 ]
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) // 1024 // 1024} GiB"
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": mem,
-            "python": platform.python_version(), "system": platform.platform()}
 
 
 def _fmt(value: Any) -> str:
@@ -153,7 +135,8 @@ def main() -> int:
             res["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             kept.write_text(json.dumps(res, indent=2) + "\n")
             results.append(res)
-    report = render(results, machine(), args.quick)
+    mach = {k: v for k, v in machine().items() if k != "loadavg"}  # load: per benchmark
+    report = render(results, mach, args.quick)
     Path(args.out).write_text(report + "\n")
     print(f"wrote {args.out}")
     return 0 if all("error" not in r for r in results) else 1

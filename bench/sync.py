@@ -27,7 +27,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import socket
@@ -45,6 +44,7 @@ if str(ROOT) not in sys.path:  # the cluster harness lives in tests/
 
 import trio  # noqa: E402
 
+from bench.common import figure, machine, show  # noqa: E402
 from pithnode.node.synth import SynthConfig, synth_keys, synth_record  # noqa: E402
 from pithnode.protocol.negentropy import Negentropy, VectorStorage  # noqa: E402
 from pithnode.protocol.wire import encode_frame  # noqa: E402
@@ -54,51 +54,6 @@ from tests.cluster import CLI, Cluster, NodeProcess, NodeSettings, wait_until  #
 SEED = 5
 FRAME_SIZE_LIMIT = 60_000  # the daemon's default [sync] frame_size_limit
 EVENTS_PER_RECORD = 6.6
-
-
-# ---------------------------------------------------------------------------- figures
-
-
-def figure(name: str, value: Any, unit: str = "", *, target: str = "", peer: str = "",
-           ratio: float | None = None) -> dict[str, Any]:
-    """One figure in the form bench/run_all.py renders."""
-    out: dict[str, Any] = {"name": name, "value": value, "unit": unit}
-    if peer:
-        out["peer"] = peer
-    if ratio is not None:
-        out["ratio"] = round(ratio, 3)
-    if target:
-        out["target"] = target
-        op, bound = target.split()
-        checked = ratio if ratio is not None else value
-        out["met"] = checked >= float(bound) if op == ">=" else checked <= float(bound)
-    return out
-
-
-def show(f: dict[str, Any]) -> str:
-    v = f["value"]
-    text = f"{f['name']}: {v:,.3f}" if isinstance(v, float) else f"{f['name']}: {v:,}" \
-        if isinstance(v, int) else f"{f['name']}: {v}"
-    if f["unit"]:
-        text += f" {f['unit']}"
-    if "peer" in f:
-        text += f" (vs {f['peer']})"
-    if "target" in f:
-        text += f" (target {f['target']}: {'met' if f['met'] else 'MISSED'})"
-    return text
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 # ---------------------------------------------------------------------------- corpus
