@@ -736,13 +736,18 @@ class Attestor:
               latest: Event | None) -> Event:
         """Sign one event whose created_at is after every earlier own event of its slot."""
         key = (subject, etype, slot)
+        now = int(self.node.wall())
         floor = max(latest.time_key // 1_000_000 if latest else -1,
                     self._last_signed.get(key, -1)) + 1
-        seconds = max(int(self.node.wall()), floor)
-        self._last_signed[key] = seconds
-        self._last_signed.move_to_end(key)
-        if len(self._last_signed) > _REMEMBERED:
-            self._last_signed.popitem(last=False)
+        seconds = max(now, floor)
+        signed = self._last_signed
+        signed[key] = seconds
+        signed.move_to_end(key)
+        # An entry older than the clock can no longer raise a floor (the clock is above
+        # it), so only the last few seconds' signatures are kept: oldest first, in order
+        # of signing.
+        while signed and (len(signed) > _REMEMBERED or next(iter(signed.values())) < now):
+            signed.popitem(last=False)
         return make_native_event(self.key, event_type=etype, subject=subject, payload=payload,
                                  created_at=utc_timestamp(seconds), signer_id=self.node.name,
                                  signer_type="node")

@@ -540,6 +540,14 @@ async def test_attestations_are_signed_once_and_never_reuse_a_second_in_a_slot(
         assert 0 < len(content) <= AttestLimits().objects_per_record
         assert {e["payload"]["object_sha256"] for e in storage} == {
             hashlib.sha256(e.canonical_bytes()).hexdigest() for e in content}
+        # once the clock has passed them, the seconds signed in the frozen second are
+        # forgotten: the attestor remembers only what can still raise a slot's floor
+        wall.t += 60
+        node.http_url = "http://mirror.example:6060"
+        assert await att.attest_once(full=True) == len(RECORDS)
+        assert len(att._last_signed) == len(RECORDS)
+        assert set(att._last_signed.values()) == {int(wall.t)}
+        wall.t -= 60  # back to the frozen second: the restart must go on after 20:41:00
     # a restarted node (new attestor, same store and key, same frozen second) goes on after
     # its stored events: created_at still never repeats within the slot
     async with running(tmp_path, 1, wall=wall, seed=(), att_classes=(ManualAttestor,)) as net:
@@ -551,7 +559,8 @@ async def test_attestations_are_signed_once_and_never_reuse_a_second_in_a_slot(
                        if e.event_type == "mirror_hint"
                        and e.signer.public_key_fingerprint == node.key.fingerprint)
         assert hints == ["2026-01-01T20:40:00Z", "2026-01-01T20:40:01Z",
-                         "2026-01-01T20:40:02Z", "2026-01-01T20:40:03Z"]
+                         "2026-01-01T20:40:02Z", "2026-01-01T20:41:00Z",
+                         "2026-01-01T20:41:01Z"]
         doc = await state_doc(node, pn)
         assert doc["equivocation_count"] == 0
         (hint,) = [h for h in doc["current"]["mirror_hints"]
