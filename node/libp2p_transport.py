@@ -15,9 +15,11 @@ Private libp2p APIs used here are each isolated in one function and pinned by a 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import weakref
+from collections import OrderedDict
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +146,53 @@ class _GuardedPubsub(Pubsub):
             with trio.CancelScope(shield=True):
                 await stream.reset()
             self._handle_dead_peer(peer)
+
+
+#: (sender, seqno) pairs whose first message's digest GossipSub's equivocation check keeps.
+EQUIVOCATION_MEMORY = 1000
+
+
+def _message_digest(msg: rpc_pb2.Message) -> bytes:
+    """What two messages with one (sender, seqno) must agree on: their data and topics
+    (length-prefixed, so no two different messages share the input)."""
+    h = hashlib.sha256()
+    for part in (msg.data, *(t.encode() for t in msg.topicIDs)):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
+
+
+class _LeanGossipSub(GossipSub):
+    """GossipSub whose message-level equivocation check (same sender and seqno, other
+    content) keeps a 32-byte digest per (sender, seqno) instead of the whole first message.
+
+    0.8.1 keeps every forwarded message in ``equivocation_detection`` until there are 1,000
+    of them (then 500): up to 1,000 whole batches of events held only to compare them,
+    filling over minutes at a low rate and reaching tens of MB at a high one. The check is
+    the same (a differing message is refused and, with a scorer, penalised), within the
+    same 1,000-entry window.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._first_digests: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def _check_equivocation(self, msg: rpc_pb2.Message) -> bool:
+        key = msg.from_id + msg.seqno
+        digest = _message_digest(msg)
+        first = self._first_digests.get(key)
+        if first is None:
+            self._first_digests[key] = digest
+            if len(self._first_digests) > EQUIVOCATION_MEMORY:
+                self._first_digests.popitem(last=False)
+            return True
+        if first == digest:
+            return True
+        log.warning("pubsub: equivocation by %s (one seqno, two messages)",
+                    str(ID(msg.from_id))[-6:])
+        if self.scorer is not None:
+            self.scorer.penalize_equivocation(ID(msg.from_id), 100.0)
+        return False
 
 
 def _pubsub_queue_depths(pubsub: Pubsub) -> list[int]:
@@ -329,7 +378,7 @@ class Libp2pTransport:
                 raise TransportError(f"bad bootstrap peer id {address.peer_id!r}") from exc
         self._host = _new_host(seed, self._config)
         self._peer_id = _peer_id_text(self._host.get_id())
-        self._router = GossipSub(
+        self._router = _LeanGossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
             degree=self._config.gossip_degree,
             degree_low=self._config.gossip_degree_low,

@@ -331,3 +331,25 @@ async def test_stream_cut_detection_reads_yamux_state(nursery: trio.Nursery) -> 
     assert net_stream.muxed_stream.reset_received is False
     assert not net_stream.muxed_conn.event_shutting_down.is_set()
     assert libp2p_transport._stream_was_cut(net_stream) is False
+
+
+def test_gossipsub_equivocation_check_keeps_digests_not_messages() -> None:
+    """A message with a (sender, seqno) seen before passes only with the same content, and
+    the check holds 32-byte digests for at most EQUIVOCATION_MEMORY pairs, never messages."""
+    router = libp2p_transport._LeanGossipSub(
+        protocols=[libp2p_transport.PROTOCOL_ID_V12], degree=6, degree_low=4,
+        degree_high=12)
+
+    def message(seqno: int, data: bytes, topic: str = "t") -> rpc_pb2.Message:
+        return rpc_pb2.Message(from_id=b"peer-a", seqno=seqno.to_bytes(8, "big"), data=data,
+                               topicIDs=[topic])
+
+    assert router._check_equivocation(message(1, b"x" * 50_000))
+    assert router._check_equivocation(message(1, b"x" * 50_000))  # the same again: fine
+    assert not router._check_equivocation(message(1, b"y" * 50_000))
+    assert not router._check_equivocation(message(1, b"x" * 50_000, topic="u"))
+    for seqno in range(2, 3 * libp2p_transport.EQUIVOCATION_MEMORY):
+        assert router._check_equivocation(message(seqno, b"z" * 10_000))
+    assert len(router._first_digests) == libp2p_transport.EQUIVOCATION_MEMORY
+    assert all(len(d) == 32 for d in router._first_digests.values())
+    assert router.equivocation_detection == {}  # 0.8.1's table of whole messages stays empty
