@@ -16,6 +16,12 @@ SQLite read. Two maps, each a bounded LRU:
   Number spelt as the store spells it needs no name: it can only name the record whose Pith
   Number it is (the store resolves it in the records table, exactly).
 
+A state the store keeps compressed is kept in the cache as the store's blob (about a third
+of its size: three times the records in the same ``max_bytes``) when its served form is at
+most ``MAX_INFLATE_BYTES``, and inflated on each hit (tens of microseconds for a typical
+state, on the trio thread); a larger one is kept as served bytes. ``max_bytes`` counts what
+is held.
+
 So the cache holds at most about ``max_bytes + max_names * NAME_BYTES`` (tests measure it).
 Entries are tuples of strings, bytes and integers, which the cyclic garbage collector stops
 tracking: a cache of 100,000 states adds nothing to the collector's full passes, which would
@@ -44,6 +50,7 @@ from typing import TypeVar, cast
 
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.identifiers import normalise_alias
+from pithnode.storage.codec import CODEC_DEFLATE, CODEC_RAW, decode_bytes
 from pithnode.storage.results import StoredState
 
 from .api import Served
@@ -53,6 +60,7 @@ __all__ = [
     "DEFAULT_MAX_NAMES",
     "DOCUMENT_OVERHEAD",
     "MAX_ENTRY_FRACTION",
+    "MAX_INFLATE_BYTES",
     "MAX_NAME_CHARS",
     "NAME_BYTES",
     "CacheLimits",
@@ -67,6 +75,8 @@ DEFAULT_MAX_NAMES = 65_536
 DOCUMENT_OVERHEAD = 640
 #: A document larger than ``max_bytes // MAX_ENTRY_FRACTION`` is served but not kept.
 MAX_ENTRY_FRACTION = 16
+#: A compressed state larger than this, served, is cached inflated (so no hit inflates more).
+MAX_INFLATE_BYTES = 64 << 10
 #: Longer identifiers are resolved every time (names hold at most this many characters).
 MAX_NAME_CHARS = 128
 #: Memory of one name with its index entries, measured for a 40-character identifier.
@@ -74,9 +84,9 @@ NAME_BYTES = 600
 
 AliasKey = tuple[str, str]
 K = TypeVar("K")
-#: (size, pith_number, data, state_sha256, fingerprint, stored_events, event_count,
-#: valid_count, invalid_count, equivocation_count)
-_StateEntry = tuple[int, str, bytes, str, str, int, int, int, int, int]
+#: (size, pith_number, held bytes, codec of the held bytes, served size, state_sha256,
+#: fingerprint, stored_events, event_count, valid_count, invalid_count, equivocation_count)
+_StateEntry = tuple[int, str, bytes, int, int, str, str, int, int, int, int, int]
 #: (size, pith_number, data, etag)
 _BundleEntry = tuple[int, str, bytes, str]
 #: (pith_number, alias kind, alias value)
@@ -155,25 +165,25 @@ class ReadCache:
 
     def state(self, identifier: str) -> StoredState | None:
         """The state of the record ``identifier`` names, if held (counts a hit or miss)."""
-        e = self._lookup(_STATE, identifier)
-        return None if e is None else StoredState(*cast(_StateEntry, e)[1:])
+        e = cast(_StateEntry | None, self._lookup(_STATE, identifier))
+        return None if e is None else StoredState(e[1], _served(e), *e[5:])
 
     def served_state(self, identifier: str) -> Served | None:
         """The served state document of the record ``identifier`` names, if held."""
-        e = self._lookup(_STATE, identifier)
-        return None if e is None else Served(e[1], e[2], e[3])
+        e = cast(_StateEntry | None, self._lookup(_STATE, identifier))
+        return None if e is None else Served(e[1], _served(e), e[5])
 
     def bundle(self, identifier: str) -> Served | None:
-        e = self._lookup(_BUNDLE, identifier)
+        e = cast(_BundleEntry | None, self._lookup(_BUNDLE, identifier))
         return None if e is None else Served(e[1], e[2], e[3])
 
     def peek_state(self, identifier: str) -> Served | None:
         """``served_state``, but a miss is not counted (the caller asks again on a miss)."""
-        e = self._lookup(_STATE, identifier, count_miss=False)
-        return None if e is None else Served(e[1], e[2], e[3])
+        e = cast(_StateEntry | None, self._lookup(_STATE, identifier, count_miss=False))
+        return None if e is None else Served(e[1], _served(e), e[5])
 
     def peek_bundle(self, identifier: str) -> Served | None:
-        e = self._lookup(_BUNDLE, identifier, count_miss=False)
+        e = cast(_BundleEntry | None, self._lookup(_BUNDLE, identifier, count_miss=False))
         return None if e is None else Served(e[1], e[2], e[3])
 
     def _lookup(self, kind: str, identifier: str, *, count_miss: bool = True
@@ -199,10 +209,15 @@ class ReadCache:
         self._remember(identifier, pith_number)
 
     def put_state(self, ticket: int, identifier: str, st: StoredState) -> None:
-        size = len(st.data) + DOCUMENT_OVERHEAD
-        entry: _StateEntry = (size, st.pith_number, st.data, st.state_sha256, st.fingerprint,
-                              st.stored_events, st.event_count, st.valid_count,
-                              st.invalid_count, st.equivocation_count)
+        held, codec = st.data, CODEC_RAW
+        if (st.stored_codec == CODEC_DEFLATE and st.stored_blob
+                and len(st.data) <= MAX_INFLATE_BYTES):
+            held, codec = st.stored_blob, CODEC_DEFLATE
+        size = len(held) + DOCUMENT_OVERHEAD
+        entry: _StateEntry = (size, st.pith_number, held, codec, len(st.data),
+                              st.state_sha256, st.fingerprint, st.stored_events,
+                              st.event_count, st.valid_count, st.invalid_count,
+                              st.equivocation_count)
         self._put(ticket, identifier, _STATE, st.pith_number, entry)
 
     def put_bundle(self, ticket: int, identifier: str, bundle: Served) -> None:
@@ -290,6 +305,14 @@ class ReadCache:
         self._names.clear()
         self._names_of.clear()
         self._names_by_key.clear()
+
+
+def _served(entry: _StateEntry) -> bytes:
+    """The served bytes of a state entry (inflated if held compressed; the store checked
+    them against their SHA-256 when it read them)."""
+    if entry[3] == CODEC_RAW:
+        return entry[2]
+    return decode_bytes(entry[3], entry[2], entry[4])
 
 
 def _index(index: dict[K, tuple[str, ...]], key: K, identifier: str) -> None:

@@ -84,7 +84,12 @@ class IngestSummary:
 
 @dataclass(frozen=True, slots=True)
 class StoredState:
-    """A record's materialised state: the served bytes and what is known about them."""
+    """A record's materialised state: the served bytes and what is known about them.
+
+    ``stored_codec`` and ``stored_blob``: the blob the bytes were decoded from, when the
+    store keeps them compressed (``storage.codec.CODEC_DEFLATE``), so that a cache can keep
+    the smaller form; else ``CODEC_RAW`` (0) and no blob.
+    """
 
     pith_number: str
     data: bytes
@@ -95,6 +100,8 @@ class StoredState:
     valid_count: int
     invalid_count: int
     equivocation_count: int
+    stored_codec: int = field(default=0, compare=False, repr=False)
+    stored_blob: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ from .batch import (
     results,
     stored_digests,
 )
-from .codec import CodecError, check_blob, decode_event
+from .codec import CODEC_DEFLATE, CODEC_RAW, CodecError, check_blob, decode_event
 from .connections import ReaderPool, acquire_lock
 from .errors import BatchTooLarge, StoreClosed, StoreCorrupt, StoreError, StoreMissing
 from .fsck import FsckReport, check, rebuild
@@ -397,8 +397,9 @@ class Store:
             data = check_blob(row[7], row[10], row[8], row[9])
         except CodecError as exc:
             raise StoreCorrupt(f"the stored state of {pith} is damaged: {exc}") from exc
+        blob = bytes(row[10]) if row[7] == CODEC_DEFLATE else b""
         return StoredState(pith, data, row[0].hex(), row[1].hex(), row[2], row[3], row[4],
-                           row[5], row[6])
+                           row[5], row[6], CODEC_DEFLATE if blob else CODEC_RAW, blob)
 
     def events(self, identifier: str) -> list[Event]:
         """The stored (signed) events of a record, in arrival order."""

@@ -9,6 +9,7 @@ answered.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -31,6 +32,7 @@ from pithnode.node.query_socket import QueryClient, open_query_client
 from pithnode.node.read_cache import (
     DOCUMENT_OVERHEAD,
     MAX_ENTRY_FRACTION,
+    MAX_INFLATE_BYTES,
     NAME_BYTES,
     CacheLimits,
     ReadCache,
@@ -40,6 +42,7 @@ from pithnode.node.synth import SynthConfig, SynthRecord, generate, synth_keys, 
 from pithnode.node.transport import TransportConfig
 from pithnode.protocol.keys import SigningKey
 from pithnode.protocol.spec import NetworkSpec
+from pithnode.storage.codec import CODEC_DEFLATE, encode_bytes
 from pithnode.storage.errors import StoreClosed
 from pithnode.storage.results import StoredState
 from pithnode.storage.store import Store
@@ -100,6 +103,34 @@ def test_a_document_too_large_for_its_share_is_served_but_not_kept() -> None:
     assert cache.state(doi(1)) is None
     assert cache.state(doi(2)) is not None
     assert cache.pith_of(doi(1)) == pith(1)  # the name is still worth keeping
+
+
+def compressed_state(pith_number: str, data: bytes) -> StoredState:
+    """A state as the store returns one it keeps deflated: the served bytes and the blob."""
+    codec, blob = encode_bytes(data)
+    assert codec == CODEC_DEFLATE
+    return dataclasses.replace(state(pith_number, data), stored_codec=codec,
+                               stored_blob=blob)
+
+
+def test_a_compressed_state_is_held_compressed_and_served_exactly() -> None:
+    data = json.dumps({"events": [{"n": i, "text": "lorem ipsum " * 4} for i in range(60)]},
+                      separators=(",", ":")).encode()
+    st = compressed_state(pith(1), data)
+    assert len(st.stored_blob) * 3 < len(data)
+    cache = ReadCache()
+    cache.put_state(cache.ticket, doi(1), st)
+    assert cache.bytes == len(st.stored_blob) + DOCUMENT_OVERHEAD  # the smaller form counts
+    assert cache.state(doi(1)) == st and cache.state(doi(1)).data == data  # type: ignore[union-attr]
+    served = cache.served_state(doi(1))
+    assert served == Served(pith(1), data, st.state_sha256)
+    assert cache.peek_state(pith(1)) == served
+    # a large state is held inflated: no hit inflates more than MAX_INFLATE_BYTES
+    big = b"[" + b"1," * MAX_INFLATE_BYTES + b"1]"
+    cache.put_state(cache.ticket, doi(2), compressed_state(pith(2), big))
+    assert cache.bytes == (len(st.stored_blob) + DOCUMENT_OVERHEAD
+                           + len(big) + DOCUMENT_OVERHEAD)
+    assert cache.state(doi(2)).data == big  # type: ignore[union-attr]
 
 
 def test_names_are_bounded_and_unusable_ones_are_not_kept() -> None:
@@ -236,6 +267,10 @@ async def test_a_new_record_taking_over_an_alias_is_resolved_at_once(
         assert st is not None and st.pith_number == rec.pith_number
         assert await service.resolve(arxiv_of(rec)) == rec.pith_number
         assert service.cache.state(arxiv_of(rec)) == st  # served from memory now
+        # the store keeps states deflated; the cache holds that blob, a third of the bytes
+        assert st.stored_codec == CODEC_DEFLATE and len(st.stored_blob) * 2 < len(st.data)
+        assert service.cache.bytes == len(st.stored_blob) + DOCUMENT_OVERHEAD
+        assert service.cache.state(arxiv_of(rec)).data == st.data  # type: ignore[union-attr]
         result = await service.ingest(twin.events, source="test")
         assert twin.pith_number in result.records_touched
         assert rec.pith_number not in result.records_touched
