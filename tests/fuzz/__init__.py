@@ -69,9 +69,9 @@ __all__ = [
 
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = FUZZ_DIR / "corpus"
-#: The profile ``make fuzz`` selects, and its examples per target (x ~24 targets > 1e6).
+#: The profile ``make fuzz`` selects, and its examples per target (x 24 targets > 1e6).
 LONG_PROFILE = "long"
-LONG_EXAMPLES = 60_000
+LONG_EXAMPLES = 45_000
 #: CPU seconds (of this thread) one input of ordinary size (tens of KiB at most) may take.
 #: CPU time, not wall-clock time, so that other processes on the machine cannot fail it.
 TIME_BOUND_S = 2.0

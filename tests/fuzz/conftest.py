@@ -5,7 +5,7 @@ the rest of the test suite keeps Hypothesis' defaults):
 
 * no profile, or ``short``: each property test runs its own short budget (see
   ``fuzz_settings`` in ``tests/fuzz/__init__.py``); the package runs in well under 60 s.
-* ``long`` (``make fuzz``): every property test runs ``LONG_EXAMPLES`` (60,000) examples,
+* ``long`` (``make fuzz``): every property test runs ``LONG_EXAMPLES`` (45,000) examples,
   more than 1,000,000 inputs over all targets; ``PITHNODE_FUZZ_EXAMPLES=N`` changes the
   number.
 
