@@ -52,7 +52,6 @@ from pithnode.protocol.wire import (
 )
 from tests.fuzz import (
     EXTRA_CHECKS_BYTES,
-    KnownBug,
     Target,
     cbor_values,
     check,
@@ -214,11 +213,6 @@ def run_gossip_validate(data: bytes) -> object:
         assert all(accept(e, SPEC) is None for e in decode_events(decode_gossip(data)))
     return ok
 
-
-BIG_FRAME_TYPE = KnownBug(
-    "frame-type-bignum", ValueError, r"Exceeds the limit \(4300 digits\)",
-    "decode_frame formats an unknown 't' with str(), which raises ValueError for a CBOR "
-    "bignum of more than 4300 digits")
 
 DECODE_FRAME = Target("decode_frame", run_decode_frame, (InputError,),
                       known_bugs=())
