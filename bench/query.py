@@ -25,7 +25,8 @@ through the Store API (both timed), then a real ``pithnode run`` serves it and i
   script picks suffixes from a file); requests/s. Target: >= 1,500 requests/s.
 
 Lookups are uniform over all records, the hardest case for the node's read cache ([cache]
-max_bytes, 128 MiB by default: about 46,000 of the 100,000 states, held deflated). ``--cache-mib`` sets the
+max_bytes, 128 MiB by default: about 46,000 of the 100,000 states, held deflated; [cache]
+max_names, 65,536 by default, bounds the arXiv ids remembered). ``--cache-mib`` sets the
 node's cache, and ``--prewarm`` asks for every identifier the benchmark uses once before
 measuring (a node that has served for a while); the read cache hit rate of each phase is
 reported.
