@@ -24,8 +24,8 @@ The warm-up (``--warmup``, 5 minutes from each process's start) is the time the 
 bounded caches take to fill at 20 events/s: the writer's decoded events of recent records
 (4,000), the merge memo (1,024 entries), SQLite's page caches, GossipSub's message cache and
 pubsub's validation cache (1,000). Measured on 2 cores (n0, never killed): RSS rises from
-about 109 MiB at minute 1 to about 142 MiB at minute 5, then by a few MiB to a plateau near
-150 MiB by minute 8; judged from minute 2 it looked like a leak (+24%) that it is not.
+about 108 MiB at minute 1 to about 135 MiB at minute 5, then by a few MiB to 143-148 MiB at
+minute 15; judged from minute 2, the caches filling looked like a leak (+24%).
 """
 
 from __future__ import annotations
