@@ -84,6 +84,7 @@ from pithnode.protocol.keys import SigningKey, public_key_from_key_id
 from pithnode.protocol.merge import merge
 from pithnode.protocol.payloads import slot_key
 from pithnode.protocol.spec import NetworkSpec
+from pithnode.protocol.wire import cbor_loads
 from pithnode.storage.errors import StoreCorrupt, StoreError
 from pithnode.storage.store import Store
 
@@ -425,7 +426,7 @@ def _cp_decode(data: bytes, *kinds: str) -> tuple[str, dict[str, Any]]:
     if len(data) > MAX_CP_MESSAGE_BYTES:
         raise bad(f"message of {len(data)} bytes exceeds {MAX_CP_MESSAGE_BYTES}")
     try:
-        obj = cbor2.loads(data)
+        obj = cbor_loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError,
             MemoryError) as exc:
         raise bad(f"malformed CBOR: {type(exc).__name__}") from exc

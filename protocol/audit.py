@@ -40,6 +40,7 @@ from .errors import DecodeError, InputError, ProtocolError, TooLarge
 from .identifiers import fingerprint_hex
 from .keys import SigningKey, verify_digest
 from .payloads import check_payload
+from .wire import cbor_loads
 
 __all__ = [
     "AUDIT_VERSION", "CHALLENGE_ID_BYTES", "DEFAULT_ANSWER_TIMEOUT", "MAX_AUDIT_MESSAGE_BYTES",
@@ -246,7 +247,7 @@ def decode_audit_message(data: bytes) -> Challenge | Answer:
         raise AuditMessageTooLarge("audit_message_too_large",
                                    f"{len(data)} bytes exceeds {MAX_AUDIT_MESSAGE_BYTES}")
     try:
-        obj = cbor2.loads(data)
+        obj = cbor_loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError,
             MemoryError) as exc:
         raise _bad(f"malformed CBOR: {type(exc).__name__}", "bad_cbor") from exc

@@ -71,11 +71,32 @@ class UnexpectedMessage(ProtocolError):
         self.kind = kind
 
 
+def _refuse_semantic_tag(decoder: Any) -> Any:
+    raise cbor2.CBORDecodeError("a CBOR semantic tag, which this protocol does not use")
+
+
+#: CBOR semantic tags cbor2 would decode into Python objects (dates, decimals, rationals, IP
+#: addresses, UUIDs, regular expressions, shared values, string references, sets, the
+#: self-describe mark). Our messages use none of them, and some of cbor2's decoders (6.3)
+#: format a peer's value into their error message, which fails for an integer of more than
+#: 4,300 digits and is reported as an unraisable exception: refused before their content is
+#: decoded. Bignums (tags 2 and 3) decode to ints, which every field's check bounds.
+REFUSED_SEMANTIC_TAGS = (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 100, 256, 258, 260, 261,
+                         262, 263, 266, 1004, 55799)
+_SEMANTIC_DECODERS = {tag: _refuse_semantic_tag for tag in REFUSED_SEMANTIC_TAGS}
+
+
+def cbor_loads(data: bytes) -> Any:
+    """``cbor2.loads`` for a peer's bytes: plain CBOR only (no semantic tags but bignums).
+    Raises cbor2's and Python's decoding errors; :func:`_cbor_loads` types them."""
+    return cbor2.loads(data, semantic_decoders=_SEMANTIC_DECODERS)
+
+
 def _cbor_loads(data: bytes, limit: int) -> Any:
     if len(data) > limit:
         raise TooLarge("frame_too_large", f"frame of {len(data)} bytes exceeds {limit}")
     try:
-        return cbor2.loads(data)
+        return cbor_loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError,
             MemoryError) as exc:
         raise DecodeError("bad_cbor", f"malformed CBOR: {type(exc).__name__}") from exc
