@@ -477,33 +477,29 @@ async def measure(data_dir: Path, lookups: Sequence[tuple[str, str]],
                   f"in {warmed} s", flush=True)
         clock = CpuClock(node.pid)
         status = await trio.to_thread.run_sync(node_status, node)
-        started: list[tuple[float, float]] = []
-        sock = await socket_bench(node, ids, clients=args.clients, seconds=args.seconds,
-                                  warmup=args.warmup, processes=args.client_procs,
-                                  depth=args.depth, on_start=lambda: started.append(
-                                      clock.now()))
-        socket_figures = {**sock.to_json(), **cpu_per_request(
-            started[0], clock.now(), sock.requests + sock.warmup_requests)}
-        after = await trio.to_thread.run_sync(node_status, node)
-        socket_figures.update(cache_delta(status, after))
-        print(f"socket, closed loop: {socket_figures}", flush=True)
-        started.clear()
-        timed = await socket_bench(node, ids, clients=args.clients, seconds=args.seconds,
-                                   warmup=args.warmup, processes=args.client_procs,
-                                   rate=args.rate, on_start=lambda: started.append(
-                                       clock.now()))
-        paced = {**timed.to_json(), **cpu_per_request(
-            started[0], clock.now(), timed.requests + timed.warmup_requests)}
-        after_paced = await trio.to_thread.run_sync(node_status, node)
-        paced.update(cache_delta(after, after_paced))
-        after = after_paced
-        print(f"socket, open loop: {paced}", flush=True)
+
+        async def socket_phase(name: str, **loop: Any) -> dict[str, Any]:
+            """One socket measurement: its figures, node CPU and read cache over it."""
+            nonlocal status
+            started: list[tuple[float, float]] = []
+            sock = await socket_bench(node, ids, clients=args.clients, seconds=args.seconds,
+                                      warmup=args.warmup, processes=args.client_procs,
+                                      on_start=lambda: started.append(clock.now()), **loop)
+            figures = {**sock.to_json(), **cpu_per_request(
+                started[0], clock.now(), sock.requests + sock.warmup_requests)}
+            before, status = status, await trio.to_thread.run_sync(node_status, node)
+            figures.update(cache_delta(before, status))
+            print(f"socket, {name}: {figures}", flush=True)
+            return figures
+
+        socket_figures = await socket_phase("closed loop", depth=args.depth)
+        paced = await socket_phase("open loop", rate=args.rate)
         before = clock.now()
         http = await http_bench(node, suffixes, data_dir, threads=2, connections=64,
                                 seconds=int(args.seconds))
         if "requests" in http:
             http.update(cpu_per_request(before, clock.now(), http["requests"]))
-            http.update(cache_delta(after, await trio.to_thread.run_sync(node_status, node)))
+            http.update(cache_delta(status, await trio.to_thread.run_sync(node_status, node)))
         print(f"http: {http}", flush=True)
         nursery.cancel_scope.cancel()
     return {"socket": socket_figures, "socket_at_rate": paced, "http": http,
