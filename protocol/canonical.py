@@ -3,6 +3,20 @@
 ``canonical_json`` is the only function in the project that produces bytes to hash.
 Pith's rule (verified on its real data):
 ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")``.
+
+The rule is the standard library's encoder; orjson produces the same bytes about seven
+times faster for almost every value, and is used only where its output is provably the
+same. Its output differs from the rule in three ways, each of which leaves a mark in the
+output that sends the value to the standard library instead:
+
+- non-finite floats become ``null`` (the rule refuses them): where the output has a
+  ``null``, it is decoded again and must equal the value (a float is never equal to None);
+- floats below 1e-4 in magnitude are written ``0.0000...`` or with a one-digit exponent
+  (``1e-7``, where the rule writes ``1e-07``): ``0.0000`` or a digit, ``e-``, one digit;
+- what orjson refuses (integers beyond 64 bits, non-string keys, lone surrogates, deep
+  nesting, subclasses of JSON types, other types) raises, and the rule decides.
+
+``tests/test_canonical.py`` compares both encoders on generated values of every kind.
 """
 
 from __future__ import annotations
@@ -11,9 +25,49 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 from .errors import InputError
 
-__all__ = ["canonical_json", "canonical_sha256", "sha256_hex", "sha256_raw"]
+__all__ = ["canonical_json", "canonical_sha256", "compact_json", "sha256_hex", "sha256_raw"]
+
+_SORTED = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
+           | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME)
+_UNSORTED = _SORTED & ~orjson.OPT_SORT_KEYS
+
+
+def _may_differ(obj: Any, out: bytes) -> bool:
+    """Whether orjson's ``out`` for ``obj`` may differ from the standard library's bytes
+    (see above)."""
+    if b"0.0000" in out:
+        return True
+    if b"null" in out:
+        try:
+            if orjson.loads(out) != obj:
+                return True
+        except orjson.JSONDecodeError:
+            return True
+    n = len(out)
+    i = out.find(b"e-")
+    while i != -1:  # a float's exponent: digit, "e-", digit; one digit where the rule pads
+        if (i > 0 and 48 <= out[i - 1] <= 57 and i + 2 < n and 48 <= out[i + 2] <= 57
+                and not (i + 3 < n and 48 <= out[i + 3] <= 57)):
+            return True
+        i = out.find(b"e-", i + 2)
+    return False
+
+
+def _fast(obj: Any, option: int) -> bytes | None:
+    try:
+        out = orjson.dumps(obj, option=option)
+    except TypeError:  # orjson.JSONEncodeError included
+        return None
+    return None if _may_differ(obj, out) else out
+
+
+def _standard(obj: Any, sort_keys: bool) -> bytes:
+    return json.dumps(obj, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -22,12 +76,20 @@ def canonical_json(obj: Any) -> bytes:
     Raises :class:`InputError` (reason ``not_canonical``) for values with no canonical form:
     NaN and infinities, lone surrogates, non-string keys, non-JSON types.
     """
+    out = _fast(obj, _SORTED)
+    if out is not None:
+        return out
     try:
-        return json.dumps(
-            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        return _standard(obj, True)
     except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
         raise InputError("not_canonical", f"value has no canonical JSON form: {exc}") from exc
+
+
+def compact_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON in the value's own key order (a served state document); the
+    standard library's errors (ValueError, TypeError) for values with no JSON form."""
+    out = _fast(obj, _UNSORTED)
+    return out if out is not None else _standard(obj, False)
 
 
 def sha256_raw(data: bytes) -> bytes:

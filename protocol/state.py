@@ -6,12 +6,11 @@ the *sorted* canonical form of the document without the ``state_sha256`` key.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .canonical import canonical_json, sha256_hex
+from .canonical import canonical_json, compact_json, sha256_hex
 from .errors import DecodeError, InputError
 from .events import STATE_LISTS, Event, event_from_state_entry
 from .identifiers import parse_pith_number
@@ -62,8 +61,7 @@ class StateDocument:
 
 def served_json(doc: Any) -> bytes:
     """Compact JSON in the document's own key order, no trailing newline (Pith's form)."""
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return compact_json(doc)
 
 def state_hash(doc: dict[str, Any]) -> str:
     return sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "state_sha256"}))
