@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import sys
@@ -38,13 +37,12 @@ if str(ROOT) not in sys.path:  # the cluster harness lives in tests/
 
 import trio  # noqa: E402
 
-from bench.common import figure, machine, show  # noqa: E402
+from bench.common import figure, machine, show, synth_events  # noqa: E402
 from pithnode.node.query_socket import QueryClient, open_query_client  # noqa: E402
-from pithnode.node.synth import SynthConfig, synth_keys, synth_record  # noqa: E402
+from pithnode.node.synth import synth_keys  # noqa: E402
 from tests.cluster import Cluster, NodeProcess, NodeSettings  # noqa: E402
 
 SEED = 9
-EVENTS_PER_RECORD = 6.6
 WARMUP_EVENTS = 50
 
 
@@ -58,26 +56,9 @@ def percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------------------- corpus
 
 
-def _chunk(args: tuple[int, int, int]) -> list[bytes]:
-    seed, start, stop = args
-    keys, cfg = synth_keys(seed), SynthConfig(seed=seed)
-    return [e.canonical_bytes() for i in range(start, stop)
-            for e in synth_record(keys, i, cfg).events]
-
-
 def make_corpus(events: int) -> list[dict[str, Any]]:
     """``events`` events in wire form (whole records in order, the last one cut)."""
-    records = int(events / EVENTS_PER_RECORD * 1.1) + 10
-    step = 300
-    jobs = [(SEED, s, min(records, s + step)) for s in range(0, records, step)]
-    out: list[bytes] = []
-    with multiprocessing.Pool(os.cpu_count() or 1) as pool:
-        for lines in pool.imap(_chunk, jobs):
-            out.extend(lines)
-            if len(out) >= events:
-                pool.terminate()
-                break
-    return [json.loads(x) for x in out[:events]]
+    return [json.loads(x) for x in synth_events(SEED, events, step=300)]
 
 
 # ---------------------------------------------------------------------------- observing

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -44,8 +43,8 @@ if str(ROOT) not in sys.path:  # the cluster harness lives in tests/
 
 import trio  # noqa: E402
 
-from bench.common import figure, machine, show  # noqa: E402
-from pithnode.node.synth import SynthConfig, synth_keys, synth_record  # noqa: E402
+from bench.common import figure, machine, show, synth_events  # noqa: E402
+from pithnode.node.synth import synth_keys  # noqa: E402
 from pithnode.protocol.negentropy import Negentropy, VectorStorage  # noqa: E402
 from pithnode.protocol.wire import encode_frame  # noqa: E402
 from pithnode.storage.store import Store  # noqa: E402
@@ -53,34 +52,9 @@ from tests.cluster import CLI, Cluster, NodeProcess, NodeSettings, wait_until  #
 
 SEED = 5
 FRAME_SIZE_LIMIT = 60_000  # the daemon's default [sync] frame_size_limit
-EVENTS_PER_RECORD = 6.6
 
 
 # ---------------------------------------------------------------------------- corpus
-
-
-def _chunk(args: tuple[int, int, int]) -> list[bytes]:
-    seed, start, stop = args
-    keys, cfg = synth_keys(seed), SynthConfig(seed=seed)
-    return [e.canonical_bytes() for i in range(start, stop)
-            for e in synth_record(keys, i, cfg).events]
-
-
-def make_corpus(events: int, work: Path) -> list[bytes]:
-    """Exactly ``events`` canonical events (whole records, the last one cut)."""
-    records = int(events / EVENTS_PER_RECORD * 1.1) + 10
-    step = 500
-    jobs = [(SEED, s, min(records, s + step)) for s in range(0, records, step)]
-    out: list[bytes] = []
-    with multiprocessing.Pool(os.cpu_count() or 1) as pool:
-        for lines in pool.imap(_chunk, jobs):
-            out.extend(lines)
-            if len(out) >= events:
-                pool.terminate()
-                break
-    if len(out) < events:
-        raise SystemExit(f"the corpus came out short: {len(out)} < {events}")
-    return out[:events]
 
 
 def write_jsonl(path: Path, lines: list[bytes]) -> None:
@@ -242,7 +216,7 @@ async def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     keys = synth_keys(SEED)
     spec = keys.spec()
     t0 = time.perf_counter()
-    lines = make_corpus(n, work)
+    lines = synth_events(SEED, n)
     write_jsonl(work / "all.jsonl", lines)
     modes = ("random", "newest") if args.missing_mode == "both" else (args.missing_mode,)
     missing = {mode: held_back(lines, args.missing, mode) for mode in modes}
@@ -264,12 +238,7 @@ async def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
         # -- phase 1: B empty
         b = cluster.add("b", bootstrap=[a])
-        t_launch = trio.current_time()
-        await cluster.start(b)
-        started = trio.current_time() - t_launch
-        cpu0 = (a.cpu_seconds() or 0.0, b.cpu_seconds() or 0.0)
-        took = await wait_for_count(b, n, timeout)
-        cpu1 = (a.cpu_seconds() or 0.0, b.cpu_seconds() or 0.0)
+        started, took, (cpu_a, cpu_b) = await catch_up(cluster, a, b, n, timeout)
         rate = n / took
         sb, sa = await b.status(), await a.status()
         print(f"phase 1: B started in {started:.1f} s, then held {n:,} events after "
@@ -280,9 +249,9 @@ async def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         figures.append(figure("bulk sync time", round(took, 2), "s",
                               peer=f"{n} events, from B's ready line"))
         figures.append(figure("bulk sync CPU, receiving node B",
-                              round(1000 * (cpu1[1] - cpu0[1]) / n, 3), "ms per event",
-                              peer=f"sending node A {1000 * (cpu1[0] - cpu0[0]) / n:.3f}; B "
-                                   f"used {(cpu1[1] - cpu0[1]) / took:.2f} cores on average"))
+                              round(1000 * cpu_b / n, 3), "ms per event",
+                              peer=f"sending node A {1000 * cpu_a / n:.3f}; B "
+                                   f"used {cpu_b / took:.2f} cores on average"))
         await cluster.stop(b)
 
         src = work / "tree-src"
@@ -292,6 +261,19 @@ async def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                                     src_files, n, timeout)
         await cluster.stop()
     return figures
+
+
+async def catch_up(cluster: Cluster, a: NodeProcess, node: NodeProcess, n: int,
+                   timeout: float) -> tuple[float, float, tuple[float, float]]:
+    """Start ``node`` and wait until it holds ``n`` events: seconds to its ready line,
+    seconds from there, and the CPU seconds A and ``node`` used meanwhile."""
+    t_launch = trio.current_time()
+    await cluster.start(node)
+    started = trio.current_time() - t_launch
+    cpu0 = (a.cpu_seconds() or 0.0, node.cpu_seconds() or 0.0)
+    took = await wait_for_count(node, n, timeout)
+    return started, took, ((a.cpu_seconds() or 0.0) - cpu0[0],
+                           (node.cpu_seconds() or 0.0) - cpu0[1])
 
 
 async def phase2(cluster: Cluster, a: NodeProcess, mode: str, n_missing: int, work: Path,
@@ -311,12 +293,7 @@ async def phase2(cluster: Cluster, a: NodeProcess, mode: str, n_missing: int, wo
     print(f"phase 2 ({mode}): {n_missing:,} events missing at B2, {differ:,} of "
           f"{len(src_files):,} bundle files differ; negentropy replay {neg}", flush=True)
 
-    t_launch = trio.current_time()
-    await cluster.start(b2)
-    started = trio.current_time() - t_launch
-    cpu0 = (a.cpu_seconds() or 0.0, b2.cpu_seconds() or 0.0)
-    took = await wait_for_count(b2, n, timeout)
-    cpu1 = (a.cpu_seconds() or 0.0, b2.cpu_seconds() or 0.0)
+    started, took, (cpu_a, cpu_b) = await catch_up(cluster, a, b2, n, timeout)
     sb2, sa = await b2.status(), await a.status()
     print(f"phase 2 ({mode}): B2 started in {started:.1f} s, complete {took:.2f} s after "
           f"ready; B2 last sync {sb2['sync']['last']}; A last sync {sa['sync']['last']}",
@@ -350,8 +327,8 @@ async def phase2(cluster: Cluster, a: NodeProcess, mode: str, n_missing: int, wo
                int(last.get("bytes_in", 0)) + int(last.get("bytes_out", 0)), "B"),
         figure(f"{label}: total time", round(took, 3), "s",
                peer=f"rsync {rsync_s:.3f} s", ratio=took / rsync_s, target="<= 0.5"),
-        figure(f"{label}: CPU of B2 from its ready line", round(cpu1[1] - cpu0[1], 3),
-               "s", peer=f"A {cpu1[0] - cpu0[0]:.3f} s"),
+        figure(f"{label}: CPU of B2 from its ready line", round(cpu_b, 3),
+               "s", peer=f"A {cpu_a:.3f} s"),
         figure(f"{label}: rsync of the changed bundle files", round(rsync_s, 3), "s",
                peer=f"{differ} of {len(src_files)} files changed"),
         figure(f"{label}: rsync bytes sent + received",

@@ -8,7 +8,6 @@ attestors' ``wait_for_change``), never on sleeps; ``fail_after`` is only a safet
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -50,13 +49,15 @@ from pithnode.node.daemon import Node
 from pithnode.node.memory_transport import MemoryNetwork
 from pithnode.node.synth import SynthConfig, generate, synth_keys
 from pithnode.node.transport import PeerAddress, PeerId, TransportConfig, TransportError
-from pithnode.protocol.audit import Answer, Challenge, nonce_digest
+from pithnode.protocol.audit import Answer, Challenge
 from pithnode.protocol.checkpoint import checkpoint_origin, verify_note, verify_proof_bytes
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.events import Event, make_native_event
 from pithnode.protocol.keys import SigningKey
 from pithnode.storage.errors import StoreCorrupt
 from pithnode.storage.store import Store
+
+from .cheat_node import BytelessHolder, ReplayingHolder, resigned
 
 KEYS = synth_keys(31)
 SPEC = KEYS.spec()
@@ -388,16 +389,9 @@ async def test_challenger_without_a_copy_settles_by_the_holders_majority(
         await until(net, lambda: converged(net), "the states to converge")
 
 
-def _resigned(key: SigningKey, challenge: Challenge, digests: tuple[bytes | None, ...]
-              ) -> Answer:
-    unsigned = Answer(challenge_id=challenge.challenge_id,
-                      challenge_sha256=hashlib.sha256(challenge.canonical_bytes()).digest(),
-                      holder=key.fingerprint, digests=digests, signature=bytes(64))
-    return dataclasses.replace(unsigned, signature=key.sign_digest(unsigned.signing_digest()))
-
-
-class CachedDigestHolder(Attestor):
-    """Answers every later challenge with the digests it computed for the first."""
+class FirstAnswerHolder(Attestor):
+    """Answers every later challenge with the digests it computed for the first (unlike
+    ``cheat_node.CachedDigestHolder``, which keeps a digest per object)."""
 
     first: Answer | None = None
 
@@ -405,30 +399,11 @@ class CachedDigestHolder(Attestor):
         if self.first is None:
             self.first = await super().answer(challenge)
             return self.first
-        return _resigned(self.key, challenge, self.first.digests)
-
-
-class ReplayingHolder(Attestor):
-    """Sends its first (honest) answer again."""
-
-    first: Answer | None = None
-
-    async def answer(self, challenge: Challenge) -> Answer:
-        if self.first is None:
-            self.first = await super().answer(challenge)
-        return self.first
-
-
-class BytelessHolder(Attestor):
-    """Lost the bytes it attested but answers with digests of made-up data."""
-
-    async def answer(self, challenge: Challenge) -> Answer:
-        return _resigned(self.key, challenge, tuple(
-            nonce_digest(challenge.nonce, b"made up") for _ in challenge.object_ids))
+        return resigned(self.key, challenge, self.first.digests)
 
 
 @pytest.mark.parametrize(("cheat", "first", "reason"), [
-    (CachedDigestHolder, "verified", "digest_differs"),
+    (FirstAnswerHolder, "verified", "digest_differs"),
     (ReplayingHolder, "verified", "answer_rejected:wrong_challenge"),
     (BytelessHolder, "failed", "digest_differs"),
 ])
