@@ -175,6 +175,18 @@ async def start_star(cluster: Cluster, hub: NodeProcess,
                                  CONNECT_TIMEOUT_S)
 
 
+async def settled_pair(cluster: Cluster, hub: str, leaf: str
+                       ) -> tuple[NodeProcess, NodeProcess]:
+    """Two nodes, ``leaf`` linked to ``hub`` alone, both holding the corpus (submitted to
+    the hub)."""
+    a = cluster.add(hub)
+    b = cluster.add(leaf, bootstrap=[a])
+    await start_star(cluster, a, [b])
+    await a.submit(CORPUS)
+    await Settle([a, b]).wait()
+    return a, b
+
+
 async def checkpoint_of(node: NodeProcess) -> Checkpoint:
     """The node's checkpoint (``checkpoint.latest``), its note verified under the key its
     peer id names."""
@@ -320,11 +332,7 @@ async def test_node_with_a_damaged_object_keeps_serving_a_late_peer_and_repairs_
     intact, repairs the damaged event from c, and b ends with every event."""
     pn = PNS[0]
     with trio.fail_after(TEST_TIMEOUT_S):
-        a = cluster.add("a")
-        c = cluster.add("c", bootstrap=[a])
-        await start_star(cluster, a, [c])
-        await a.submit(CORPUS)
-        await Settle([a, c]).wait()
+        a, c = await settled_pair(cluster, "a", "c")
         fa = await fingerprint(a)
         attestation = signed_by((await state_doc(a, pn))["current"]["storage_attestations"],
                                 fa, "storage")[0]
@@ -644,11 +652,7 @@ async def test_proof_from_a_running_node_verifies_offline_and_flipped_bytes_fail
     fail, naming the check and the place."""
     pn = PNS[1]
     with trio.fail_after(TEST_TIMEOUT_S):
-        a = cluster.add("a")
-        b = cluster.add("b", bootstrap=[a])
-        await start_star(cluster, a, [b])
-        await a.submit(CORPUS)
-        await Settle([a, b]).wait()
+        a, b = await settled_pair(cluster, "a", "b")
         proof = tmp_path / "record.proof.json"
         network = b.data_dir / "network.toml"
         short = "pith:" + pn.split(":")[2][:8]
