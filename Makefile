@@ -11,7 +11,10 @@ PYTEST_ARGS ?=
 
 .PHONY: install test lint run devnet bench fuzz soak clean os-deps browser-deps interop-js
 
+# Bytecode is compiled here, so that no process compiles it again when it starts (a node
+# imports about 0.9 s of source otherwise; PYTHONDONTWRITEBYTECODE stops Python from caching).
 install: $(STAMP)
+	@$(BIN)/python -m compileall -q -j 0 protocol storage node >/dev/null
 
 # OS build dependencies: py-libp2p's fastecdsa compiles against GMP.
 os-deps:
@@ -24,7 +27,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(MAKE) --no-print-directory os-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	@$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	@$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
 	@$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
 	@echo "installed into $(VENV)"
