@@ -187,9 +187,9 @@ def trees_equal(a: Path, b: Path) -> bool:
 async def wait_for_count(node: NodeProcess, count: int, timeout: float) -> float:
     """Seconds from the node's ready line until it committed its last new event.
 
-    ``node.status`` counts with a scan of the whole store (about 0.1 s at 100,000 events),
-    so it is polled only once a second; the end time is not the poll's but the
-    ``received_at`` of the newest event the node stored (``events.recent``).
+    ``node.status`` is polled once a second (it counts rows of the store's indexes: a few
+    ms of the node's time); the end time is not the poll's but the ``received_at`` of the
+    newest event the node stored (``events.recent``).
     """
     async def done() -> bool:
         return await node.events_count() >= count

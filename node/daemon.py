@@ -414,7 +414,7 @@ class Node:
 
     # -- NodeAPI ----------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
-        stats = await self._svc().stats()
+        stats = await self._svc().counts()  # not stats(): that scans every object
         g = self.gossip.stats
         return {
             "peer_id": str(self.transport.peer_id),

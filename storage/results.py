@@ -134,6 +134,8 @@ class StoreCounts:
     events: int
     #: database file plus its WAL
     file_bytes: int
+    #: events held as invalid (a state lists them with their reason)
+    invalid: int = 0
 
 
 @dataclass(slots=True)

@@ -631,11 +631,13 @@ class Store:
         return StoreStats(records, events, objects, invalid, size, stored, self._file_bytes())
 
     def counts(self) -> StoreCounts:
-        """Records, events and file size, from the indexes (what the metrics gauges show)."""
+        """Records, events, invalid events and file size, from the indexes (what the
+        metrics gauges and ``node.status`` show)."""
         with self._read("cannot read statistics", snapshot=True) as conn:
             records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
             events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        return StoreCounts(records, events, self._file_bytes())
+            invalid = conn.execute("SELECT count(*) FROM invalid_events").fetchone()[0]
+        return StoreCounts(records, events, self._file_bytes(), invalid)
 
     def _file_bytes(self) -> int:
         files = 0

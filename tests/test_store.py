@@ -305,8 +305,8 @@ def test_states_are_the_merge_of_stored_events(store: Store, spec: NetworkSpec, 
     assert stats.invalid == len(recs)
     assert stats.objects == stats.events
     counts = store.counts()
-    assert (counts.records, counts.events, counts.file_bytes) == (
-        stats.records, stats.events, stats.file_bytes)
+    assert (counts.records, counts.events, counts.file_bytes, counts.invalid) == (
+        stats.records, stats.events, stats.file_bytes, stats.invalid)
     assert stats.bytes == sum(len(store.event_bytes(e.event_id) or b"")
                               for r in recs for e in r.natives) + sum(
         len(e.canonical_bytes()) for p in store.records() for e in store.events(p)
