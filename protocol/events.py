@@ -143,6 +143,10 @@ class Signer:
         return cls(key.key_id, key.fingerprint, signer_id, signer_type)
 
 
+#: What an Ed25519 check needs: ``(public key, digest, signature)`` (:func:`verify_digest`).
+SignatureJob = tuple[bytes, bytes, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One event. ``signature`` is None for registry events (they carry none)."""
@@ -223,23 +227,37 @@ class Event:
 
     def verify_native(self) -> str | None:
         """Check a native event's id, key and signature; None when valid, else a reason."""
+        reason, job = self.signature_job()
+        if job is None:
+            return reason
+        if not verify_digest(*job):
+            return "bad_signature"
+        self.mark_verified()
+        return None
+
+    def signature_job(self) -> tuple[str | None, SignatureJob | None]:
+        """:meth:`verify_native` up to the Ed25519 check itself: ``(reason, None)`` when the
+        id or key is wrong (or ``(None, None)`` when the event was verified before), else
+        ``(None, job)``: the event is valid if :func:`verify_digest` accepts ``job`` (then
+        call :meth:`mark_verified`), else its reason is ``bad_signature``."""
         if self.signature is None:
-            return "not_native"
+            return "not_native", None
         if self.verified:
-            return None
+            return None, None
         digest = sha256_raw(canonical_json(self.core()))
         if self.event_id != "sha256:" + digest.hex():
-            return "event_id_mismatch"
+            return "event_id_mismatch", None
         try:
             pub = public_key_from_key_id(self.signer.key_id)
         except InputError:
-            return "bad_key_id"
+            return "bad_key_id", None
         if fingerprint_hex(pub) != self.signer.public_key_fingerprint:
-            return "fingerprint_mismatch"
-        if not verify_digest(pub, digest, self.signature):
-            return "bad_signature"
+            return "fingerprint_mismatch", None
+        return None, (pub, digest, self.signature)
+
+    def mark_verified(self) -> None:
+        """Record that :func:`verify_digest` accepted this event's :meth:`signature_job`."""
         object.__setattr__(self, "verified", True)
-        return None
 
 
 def make_native_event(

@@ -18,18 +18,20 @@ from .events import (
     MAX_EVENT_BYTES,
     NATIVE_TIMESTAMP,
     Event,
+    SignatureJob,
     event_from_json,
     make_native_event,
     parse_timestamp,
 )
 from .identifiers import parse_pith_number
-from .keys import SigningKey, public_key_from_key_id
+from .keys import SigningKey, public_key_from_key_id, verify_digest
 from .merge import admission_from_import
 from .spec import NetworkSpec
 
 __all__ = [
     "MAX_IMPORT_EVENTS",
     "accept",
+    "accept_deferred",
     "decode_event",
     "event_set_fingerprint",
     "make_registry_imports",
@@ -49,21 +51,44 @@ def decode_event(obj: Any) -> Event:
 
 def accept(ev: Event, spec: NetworkSpec) -> str | None:
     """None if a node should store ``ev``, else the rejection reason code."""
-    if ev.signature is None:
-        return "unsigned_registry_event"
-    if ev.signature == b"":
-        return "bad_signature"
-    try:
-        if str(parse_pith_number(ev.subject)) != ev.subject:
-            return "bad_subject"
-        if not NATIVE_TIMESTAMP.fullmatch(ev.created_at):
-            return "bad_created_at"
-        parse_timestamp(ev.created_at)
-        reason = ev.verify_native()
-    except InputError as exc:  # no canonical form (e.g. a lone surrogate), bad date
-        return exc.reason
+    reason, job = _before_signature(ev)
     if reason is not None:
         return reason
+    if job is not None:
+        if not verify_digest(*job):
+            return "bad_signature"
+        ev.mark_verified()
+    return _after_signature(ev, spec)
+
+
+def accept_deferred(ev: Event, spec: NetworkSpec) -> tuple[str | None, SignatureJob | None]:
+    """:func:`accept` with its Ed25519 check left to the caller, who may run many at once
+    on other threads: ``(reason, job)``. With a ``job``, the outcome is ``bad_signature``
+    when :func:`verify_digest` refuses it, whatever ``reason`` says (the checks after the
+    signature's ran as if it were good), else ``reason``; then call ``ev.mark_verified()``."""
+    reason, job = _before_signature(ev)
+    if reason is not None:
+        return reason, None
+    return _after_signature(ev, spec), job
+
+
+def _before_signature(ev: Event) -> tuple[str | None, SignatureJob | None]:
+    if ev.signature is None:
+        return "unsigned_registry_event", None
+    if ev.signature == b"":
+        return "bad_signature", None
+    try:
+        if str(parse_pith_number(ev.subject)) != ev.subject:
+            return "bad_subject", None
+        if not NATIVE_TIMESTAMP.fullmatch(ev.created_at):
+            return "bad_created_at", None
+        parse_timestamp(ev.created_at)
+        return ev.signature_job()
+    except InputError as exc:  # no canonical form (e.g. a lone surrogate), bad date
+        return exc.reason, None
+
+
+def _after_signature(ev: Event, spec: NetworkSpec) -> str | None:
     if ev.event_type == "registry_import":
         try:
             trusted = spec.is_trusted_importer(public_key_from_key_id(ev.signer.key_id))

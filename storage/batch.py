@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pithnode.protocol.errors import InputError
-from pithnode.protocol.events import MAX_EVENT_BYTES, Event
+from pithnode.protocol.events import MAX_EVENT_BYTES, Event, SignatureJob
 from pithnode.protocol.identifiers import parse_pith_number
-from pithnode.protocol.ingest import accept
+from pithnode.protocol.ingest import accept, accept_deferred
 from pithnode.protocol.merge import precheck
 from pithnode.protocol.spec import NetworkSpec
 
@@ -43,6 +43,7 @@ __all__ = [
     "make_batch",
     "mark_exact_copies",
     "results",
+    "settle_signatures",
     "store_rule",
     "stored_digests",
 ]
@@ -73,6 +74,8 @@ class Item:
     codec: int = 0
     blob: bytes = b""
     created_s: int = 0
+    #: a deferred Ed25519 check (``check_item(..., defer_signature=True)``)
+    job: SignatureJob | None = None
 
 
 @dataclass(slots=True)
@@ -167,10 +170,17 @@ def store_rule(ev: Event) -> tuple[str | None, int, bytes]:
     return None, created_s, canonical
 
 
-def check_item(it: Item, spec: NetworkSpec) -> None:
-    """Accept (id, signature, trust), the store's rule, and encoding; thread-safe."""
+def check_item(it: Item, spec: NetworkSpec, *, defer_signature: bool = False) -> None:
+    """Accept (id, signature, trust), the store's rule, and encoding; thread-safe.
+
+    ``defer_signature`` leaves the Ed25519 check in ``it.job``, for
+    :func:`settle_signatures` to run (many at once, on other threads).
+    """
     try:
-        reason = accept(it.ev, spec)
+        if defer_signature:
+            reason, it.job = accept_deferred(it.ev, spec)
+        else:
+            reason = accept(it.ev, spec)
         if reason is None:
             reason, it.created_s, it.canonical = store_rule(it.ev)
         if reason is None:
@@ -183,6 +193,20 @@ def check_item(it: Item, spec: NetworkSpec) -> None:
     if reason is None:
         it.sha = hashlib.sha256(it.canonical).digest()
         it.codec, it.blob = encode_event(it.ev, it.canonical)
+
+
+def settle_signatures(items: Sequence[Item], verified: Sequence[bool]) -> None:
+    """Apply the outcomes of the deferred Ed25519 checks: ``verified[i]`` for ``items[i]``
+    (each with a ``job``). A refused signature makes the event ``bad_signature``, whatever
+    the checks after it found, as :func:`~pithnode.protocol.ingest.accept` would."""
+    for it, ok in zip(items, verified, strict=True):
+        it.job = None
+        if ok:
+            it.ev.mark_verified()
+        else:
+            it.reason = "bad_signature"
+            it.canonical = it.sha = it.blob = b""
+            it.codec = it.created_s = 0
 
 
 def classify(batch: Batch, stored: dict[bytes, bytes]) -> list[Item]:

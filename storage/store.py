@@ -30,7 +30,7 @@ from typing import Any
 from pithnode.protocol.bundle import build_bundle
 from pithnode.protocol.events import Event
 from pithnode.protocol.identifiers import normalise_alias
-from pithnode.protocol.keys import SigningKey
+from pithnode.protocol.keys import SigningKey, verify_digest
 from pithnode.protocol.merge import admission_from_import
 from pithnode.protocol.spec import NetworkSpec
 
@@ -47,6 +47,7 @@ from .batch import (
     make_batch,
     mark_exact_copies,
     results,
+    settle_signatures,
     stored_digests,
 )
 from .codec import CODEC_DEFLATE, CODEC_RAW, CodecError, check_blob, decode_event
@@ -108,6 +109,10 @@ def _decoded(rows: Iterable[tuple[Any, int, bytes, int, bytes]]
         except CodecError as exc:
             raise StoreCorrupt(f"object {sha.hex()} is damaged: {exc}") from exc
         yield key, ev, exact
+
+
+def _verify_chunk(items: Sequence[Item]) -> list[bool]:
+    return [verify_digest(*it.job) for it in items if it.job is not None]
 
 
 _EVENT_ROWS = ("SELECT e.eid, o.codec, o.data, o.size, o.sha256 FROM events e "
@@ -275,19 +280,25 @@ class Store:
         return batch
 
     def _check_all(self, items: list[Item]) -> None:
+        """Check a batch: its Python part here, in one thread, and its Ed25519 checks (C,
+        which releases the GIL) in large chunks on the verify threads, so that they
+        overlap with Python work (this thread's, or the commit's) instead of contending
+        with it for the GIL."""
         if len(items) < _PARALLEL_MIN or self._threads <= 1:
             for it in items:
                 check_item(it, self.spec)
             return
+        for it in items:
+            check_item(it, self.spec, defer_signature=True)
+        jobs = [it for it in items if it.job is not None]
+        if not jobs:
+            return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="store-verify")
-        n = self._threads
-        for _ in self._pool.map(self._check_chunk, [items[i::n] for i in range(n)]):
-            pass
-
-    def _check_chunk(self, items: list[Item]) -> None:
-        for it in items:
-            check_item(it, self.spec)
+        step = -(-len(jobs) // self._threads)
+        chunks = [jobs[i:i + step] for i in range(0, len(jobs), step)]
+        verified = [ok for part in self._pool.map(_verify_chunk, chunks) for ok in part]
+        settle_signatures(jobs, verified)
 
     def _finish(self, batch: Batch) -> list[IngestResult]:
         with self._write_lock:

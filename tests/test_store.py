@@ -222,6 +222,47 @@ def test_ingest_outcomes_new_duplicate_rejected(store: Store, keys: Keys,
     assert prov is not None and (prov.source, prov.received_at) == ("peer-a", T0)
 
 
+def test_parallel_signature_checks_give_the_serial_outcomes(tmp_path: Path, spec: NetworkSpec,
+                                                             keys: Keys,
+                                                             recs: list[Record]) -> None:
+    """Batches of 64 events and more have their Ed25519 checks run apart from the rest
+    (check_item(defer_signature=True), then settle_signatures): every outcome, and every
+    reason's precedence (a bad signature wins over what is checked after it), is the one
+    the serial path gives."""
+    natives = [e for r in recs for e in r.natives]
+    imports = [e for r in recs for e in store_imports(keys, r)]
+    short = make_native_event(keys.authors[0], event_type="citation_signature",
+                              subject="pith:" + recs[0].pith.split(":")[2][:8], payload={
+                                  "cited": recs[1].pith, "relation": "cites", "note": ""},
+                              created_at="2026-06-01T00:00:00Z", signer_id="a",
+                              signer_type="author")
+    forged = [dataclasses.replace(e, signature=bytes(64)) for e in natives[::3]]
+    forged.append(dataclasses.replace(imports[0], signature=bytes(64)))
+    forged.append(dataclasses.replace(short, signature=bytes(64)))  # bad_subject comes later
+    batch = [*natives, *imports, short, *forged, natives[0]]
+    random.Random(3).shuffle(batch)
+    assert len(batch) >= 64
+    outcomes = []
+    for threads in (1, 3):
+        fresh = [dataclasses.replace(e) for e in batch]  # nothing marked verified yet
+        with Store(tmp_path / f"t{threads}.sqlite", spec, verify_threads=threads) as st:
+            res = st.ingest(fresh, source="peer", received_at=T0)
+            outcomes.append([(o.outcome, o.reason) for o in res.outcomes])
+            assert not any(e.verified for e in fresh if e.signature == bytes(64))
+            assert_states_fresh(st, spec)
+    assert outcomes[0] == outcomes[1]
+    reasons = {r for _, r in outcomes[0]}
+    assert {"bad_signature", "bad_subject", None} <= reasons
+    by_id = dict(zip((id(e) for e in batch), outcomes[0], strict=True))
+    assert all(by_id[id(e)] == ("rejected", "bad_signature") for e in forged)
+
+
+def store_imports(keys: Keys, rec: Record) -> list[Event]:
+    return make_registry_imports(
+        keys.node, subject=rec.pith, source="x", document=b"doc", events=rec.registry,
+        source_aliases=[], created_at="2026-05-01T00:00:00Z", signer_id="test-node")
+
+
 def test_rejected_events_leave_the_store_unchanged(store: Store, db: Path, keys: Keys,
                                                    recs: list[Record]) -> None:
     load(store, keys, recs[:2])
