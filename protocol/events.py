@@ -228,18 +228,13 @@ class Event:
     def verify_native(self) -> str | None:
         """Check a native event's id, key and signature; None when valid, else a reason."""
         reason, job = self.signature_job()
-        if job is None:
-            return reason
-        if not verify_digest(*job):
-            return "bad_signature"
-        self.mark_verified()
-        return None
+        return reason if job is None else self.settle_signature(verify_digest(*job))
 
     def signature_job(self) -> tuple[str | None, SignatureJob | None]:
         """:meth:`verify_native` up to the Ed25519 check itself: ``(reason, None)`` when the
         id or key is wrong (or ``(None, None)`` when the event was verified before), else
-        ``(None, job)``: the event is valid if :func:`verify_digest` accepts ``job`` (then
-        call :meth:`mark_verified`), else its reason is ``bad_signature``."""
+        ``(None, job)``: pass what :func:`verify_digest` says of ``job`` to
+        :meth:`settle_signature`."""
         if self.signature is None:
             return "not_native", None
         if self.verified:
@@ -255,9 +250,13 @@ class Event:
             return "fingerprint_mismatch", None
         return None, (pub, digest, self.signature)
 
-    def mark_verified(self) -> None:
-        """Record that :func:`verify_digest` accepted this event's :meth:`signature_job`."""
+    def settle_signature(self, accepted: bool) -> str | None:
+        """The outcome of this event's :meth:`signature_job`: None (and the event marked
+        verified) when :func:`verify_digest` accepted it, else ``bad_signature``."""
+        if not accepted:
+            return "bad_signature"
         object.__setattr__(self, "verified", True)
+        return None
 
 
 def make_native_event(

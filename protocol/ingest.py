@@ -52,20 +52,17 @@ def decode_event(obj: Any) -> Event:
 def accept(ev: Event, spec: NetworkSpec) -> str | None:
     """None if a node should store ``ev``, else the rejection reason code."""
     reason, job = _before_signature(ev)
-    if reason is not None:
-        return reason
-    if job is not None:
-        if not verify_digest(*job):
-            return "bad_signature"
-        ev.mark_verified()
-    return _after_signature(ev, spec)
+    if reason is None and job is not None:
+        reason = ev.settle_signature(verify_digest(*job))
+    return reason if reason is not None else _after_signature(ev, spec)
 
 
 def accept_deferred(ev: Event, spec: NetworkSpec) -> tuple[str | None, SignatureJob | None]:
     """:func:`accept` with its Ed25519 check left to the caller, who may run many at once
-    on other threads: ``(reason, job)``. With a ``job``, the outcome is ``bad_signature``
-    when :func:`verify_digest` refuses it, whatever ``reason`` says (the checks after the
-    signature's ran as if it were good), else ``reason``; then call ``ev.mark_verified()``."""
+    on other threads: ``(reason, job)``. With a ``job``, the outcome is what
+    ``ev.settle_signature(verify_digest(*job))`` returns when that is ``bad_signature``,
+    whatever ``reason`` says (the checks after the signature's ran as if it were good), else
+    ``reason``."""
     reason, job = _before_signature(ev)
     if reason is not None:
         return reason, None

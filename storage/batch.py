@@ -201,10 +201,9 @@ def settle_signatures(items: Sequence[Item], verified: Sequence[bool]) -> None:
     the checks after it found, as :func:`~pithnode.protocol.ingest.accept` would."""
     for it, ok in zip(items, verified, strict=True):
         it.job = None
-        if ok:
-            it.ev.mark_verified()
-        else:
-            it.reason = "bad_signature"
+        refused = it.ev.settle_signature(ok)
+        if refused is not None:
+            it.reason = refused
             it.canonical = it.sha = it.blob = b""
             it.codec = it.created_s = 0
 

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from pithnode.protocol.bundle import build_bundle
-from pithnode.protocol.events import Event
+from pithnode.protocol.events import Event, SignatureJob
 from pithnode.protocol.identifiers import normalise_alias
 from pithnode.protocol.keys import SigningKey, verify_digest
 from pithnode.protocol.merge import admission_from_import
@@ -111,8 +111,8 @@ def _decoded(rows: Iterable[tuple[Any, int, bytes, int, bytes]]
         yield key, ev, exact
 
 
-def _verify_chunk(items: Sequence[Item]) -> list[bool]:
-    return [verify_digest(*it.job) for it in items if it.job is not None]
+def _verify_chunk(jobs: Sequence[SignatureJob]) -> list[bool]:
+    return [verify_digest(*job) for job in jobs]
 
 
 _EVENT_ROWS = ("SELECT e.eid, o.codec, o.data, o.size, o.sha256 FROM events e "
@@ -290,7 +290,12 @@ class Store:
             return
         for it in items:
             check_item(it, self.spec, defer_signature=True)
-        jobs = [it for it in items if it.job is not None]
+        pending: list[Item] = []
+        jobs: list[SignatureJob] = []
+        for it in items:
+            if it.job is not None:
+                pending.append(it)
+                jobs.append(it.job)
         if not jobs:
             return
         if self._pool is None:
@@ -298,7 +303,7 @@ class Store:
         step = -(-len(jobs) // self._threads)
         chunks = [jobs[i:i + step] for i in range(0, len(jobs), step)]
         verified = [ok for part in self._pool.map(_verify_chunk, chunks) for ok in part]
-        settle_signatures(jobs, verified)
+        settle_signatures(pending, verified)
 
     def _finish(self, batch: Batch) -> list[IngestResult]:
         with self._write_lock:
