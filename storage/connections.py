@@ -1,8 +1,9 @@
-"""The store's write lock and its pool of read-only connections."""
+"""The store's write lock, its pool of read-only connections and its WAL checkpointer."""
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -14,7 +15,18 @@ from pathlib import Path
 from .errors import SchemaTooNew, StoreClosed, StoreError, StoreIOError, StoreLocked
 from .migrate import connect, schema_version, translate, translate_os
 
-__all__ = ["ReaderPool", "acquire_lock", "lock_path"]
+__all__ = ["CHECKPOINT_DELAY_S", "WRITER_AUTOCHECKPOINT_PAGES", "ReaderPool", "WalCheckpointer",
+           "acquire_lock", "lock_path"]
+
+log = logging.getLogger(__name__)
+
+#: A commit leaves the copying of its WAL frames into the database to the checkpointer
+#: thread, which waits this long after a commit so that one checkpoint serves a run of
+#: commits (a page changed by several of them is copied once).
+CHECKPOINT_DELAY_S = 0.2
+#: WAL pages at which the write connection checkpoints by itself, in the commit: only
+#: when the checkpointer falls far behind (4 KiB pages: 64 MiB).
+WRITER_AUTOCHECKPOINT_PAGES = 16_384
 
 
 def lock_path(path: Path) -> Path:
@@ -138,3 +150,71 @@ class ReaderPool:
             for conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+class WalCheckpointer:
+    """Copies committed WAL frames into the database on a thread of its own.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses its threshold, so a
+    writer waits for it (tens of milliseconds for a batch of events, whose random ids touch
+    pages all over the indexes). A PASSIVE checkpoint on another connection runs beside
+    the writer and the readers instead, and releases the GIL while it copies. The write
+    connection keeps a high threshold of its own (:data:`WRITER_AUTOCHECKPOINT_PAGES`)
+    for when this thread falls behind. Durability is unchanged: every commit has fsynced
+    its WAL frames before it returns.
+    """
+
+    def __init__(self, path: Path, *, delay_s: float = CHECKPOINT_DELAY_S) -> None:
+        self.path = path
+        self.delay_s = delay_s
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        #: checkpoints run, and WAL frames they copied (for tests and metrics)
+        self.runs = 0
+        self.frames = 0
+
+    def committed(self) -> None:
+        """Note a commit: a checkpoint follows within ``delay_s``."""
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="store-checkpoint",
+                                                daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the thread (after the checkpoint it may be running); idempotent. The last
+        connection to close checkpoints whatever is left."""
+        with self._lock:
+            self._stopped.set()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wake.wait()
+                if self._stopped.wait(self.delay_s):
+                    return
+                self._wake.clear()
+                try:
+                    if conn is None:
+                        conn = connect(self.path)
+                    _, _, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.runs += 1
+                    self.frames += max(0, int(copied))
+                except sqlite3.Error as exc:  # the writer's own checkpoints take over
+                    log.warning("checkpoint of %s failed: %s", self.path.name, exc)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+        finally:
+            if conn is not None:
+                conn.close()

@@ -51,7 +51,7 @@ from .batch import (
     stored_digests,
 )
 from .codec import CODEC_DEFLATE, CODEC_RAW, CodecError, check_blob, decode_event
-from .connections import ReaderPool, acquire_lock
+from .connections import WRITER_AUTOCHECKPOINT_PAGES, ReaderPool, WalCheckpointer, acquire_lock
 from .errors import BatchTooLarge, StoreClosed, StoreCorrupt, StoreError, StoreMissing
 from .fsck import FsckReport, check, rebuild
 from .importer import BinaryReader, import_stream
@@ -138,6 +138,7 @@ class Store:
         self._write_lock = threading.Lock()
         self._w: sqlite3.Connection | None = None
         self._readers = ReaderPool(self.path)
+        self._checkpointer = WalCheckpointer(self.path)
         self._writer_state = BatchWriter(spec)
         self._pool: ThreadPoolExecutor | None = None
         self._threads = verify_threads if verify_threads is not None else min(
@@ -167,6 +168,7 @@ class Store:
         self._w = connect(self.path)
         upgrade(self._w, self.path)
         try:
+            self._w.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
             self._writer_state.reset(self._w)
             row = self._w.execute("SELECT value FROM meta WHERE key = 'spec_sha256'").fetchone()
             digest = spec_digest(self.spec)
@@ -186,6 +188,7 @@ class Store:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._checkpointer.close()
         self._readers.close()
         with self._write_lock:
             self._writer_state.close()
@@ -202,6 +205,11 @@ class Store:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def checkpoints(self) -> tuple[int, int]:
+        """Background WAL checkpoints run so far, and the WAL frames they copied."""
+        return self._checkpointer.runs, self._checkpointer.frames
 
     def _writer(self) -> sqlite3.Connection:
         if self._closed:
@@ -229,6 +237,17 @@ class Store:
                      ) -> list[IngestResult]:
         """Several batches, each with its own source and time, in one transaction."""
         return self._finish(self._prepare(parts))
+
+    def check_group(self, parts: Sequence[tuple[Sequence[Event], str, float]]) -> Batch:
+        """The first half of :meth:`ingest_group`: check and encode the batches, without
+        the write lock and on any thread, so that a caller can check the next group while
+        this one commits (as :meth:`ingest_many` does). Commit with :meth:`commit_group`."""
+        return self._prepare(parts)
+
+    def commit_group(self, batch: Batch) -> list[IngestResult]:
+        """The second half of :meth:`ingest_group`: classify ``batch`` against what is
+        stored now (it may have been committed since it was checked) and commit it."""
+        return self._finish(batch)
 
     def ingest_many(self, events: Iterable[Event], *, source: str, received_at: float,
                     batch_events: int = DEFAULT_BATCH_EVENTS,
@@ -317,6 +336,7 @@ class Store:
             touched: Sequence[set[str]] = [set() for _ in batch.parts]
             if new:
                 touched = self._writer_state.commit(conn, batch, new)
+                self._checkpointer.committed()
         return results(batch, touched)
 
     # -- documents ---------------------------------------------------------------------------
