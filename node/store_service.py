@@ -3,9 +3,10 @@
 :class:`StoreService` sits in front of a synchronous :class:`~pithnode.storage.store.Store`.
 ``ingest`` queues a batch into a bounded channel (full policy: **block** the caller, so a
 fast peer slows down instead of growing memory) and waits until the writer task has
-committed it. The writer takes whatever else is already queued, up to one store batch, and
-commits it all in one transaction (``Store.ingest_group``) on a worker thread, so the trio
-thread never blocks on SQLite. Reads go to the store's read connections through
+committed it. The writer takes whatever else is already queued, up to one store batch, checks
+it (``Store.check_group``) and commits it all in one transaction (``Store.commit_group``), each
+on a worker thread, so the trio thread never blocks on SQLite; the next group is checked while
+the one before commits. Reads go to the store's read connections through
 ``trio.to_thread.run_sync``. The service also implements what sync and gossip need of a
 store (``node.sync.SyncStore``).
 
@@ -38,6 +39,7 @@ import outcome
 import trio
 
 from pithnode.protocol.events import Event
+from pithnode.storage.batch import Batch
 from pithnode.storage.errors import StoreClosed, StoreError
 from pithnode.storage.results import (
     EventOutcome,
@@ -140,26 +142,28 @@ class StoreService:
             await self._write_loop(task_status)
 
     async def _write_loop(self, task_status: TaskStatus[None]) -> None:
+        """Two stages joined by an unbuffered channel: this task takes the queued requests
+        (up to one store batch) and checks them on a worker thread (signatures, encoding:
+        ``Store.check_group``) while the commit task commits the group before on another
+        (``Store.commit_group``), so checking and committing overlap as in a bulk import.
+        Groups commit in the order they were queued."""
+        checked_send, checked_recv = trio.open_memory_channel[tuple[list[_Request], Batch]](0)
+        inflight: list[list[_Request]] = []
         carry: _Request | None = None
         try:
-            async with self._receive:
+            async with self._receive, trio.open_nursery() as nursery:
+                nursery.start_soon(self._commit_loop, checked_recv, inflight)
                 task_status.started()
-                while True:
-                    first = carry if carry is not None else await self._receive.receive()
-                    carry = None
-                    group = [first]
-                    size = len(first.events)
-                    while size < MAX_BATCH_EVENTS:
-                        try:
-                            nxt = self._receive.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                        if size + len(nxt.events) > MAX_BATCH_EVENTS:
-                            carry = nxt
-                            break
-                        group.append(nxt)
-                        size += len(nxt.events)
-                    await self._commit(group)
+                async with checked_send:
+                    while True:
+                        first = carry if carry is not None else await self._receive.receive()
+                        group, carry = self._group(first)
+                        inflight.append(group)
+                        batch = await self._check(group)
+                        if batch is None:
+                            inflight.remove(group)
+                            continue
+                        await checked_send.send((group, batch))
         finally:
             self._closed = True
             pending = [carry] if carry is not None else []
@@ -168,18 +172,46 @@ class StoreService:
                     pending.append(self._receive.receive_nowait())
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
                     break
-            for req in pending:
-                req.finish(None, StoreClosed("the store service stopped"))
+            for req in [r for group in inflight for r in group] + pending:
+                if not req.done.is_set():  # not committed: its caller must not count on it
+                    req.finish(None, StoreClosed("the store service stopped"))
 
-    async def _commit(self, group: list[_Request]) -> None:
+    def _group(self, first: _Request) -> tuple[list[_Request], _Request | None]:
+        """``first`` and the requests queued behind it, up to one store batch; and the one
+        request that did not fit, if any."""
+        group = [first]
+        size = len(first.events)
+        while size < MAX_BATCH_EVENTS:
+            try:
+                nxt = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if size + len(nxt.events) > MAX_BATCH_EVENTS:
+                return group, nxt
+            group.append(nxt)
+            size += len(nxt.events)
+        return group, None
+
+    async def _check(self, group: list[_Request]) -> Batch | None:
         parts = [(r.events, r.source, r.received_at) for r in group]
         try:
-            results, touched, keys = await trio.to_thread.run_sync(self._write, parts)
+            return await trio.to_thread.run_sync(self.store.check_group, parts)
         except StoreError as exc:
-            # the batch is not stored; its callers get the error, the writer carries on
-            log.error("ingest of %d events failed: %s", sum(len(p[0]) for p in parts), exc)
-            for req in group:
-                req.finish(None, exc)
+            self._failed(group, exc)
+            return None
+
+    async def _commit_loop(self, checked: trio.MemoryReceiveChannel[tuple[list[_Request], Batch]],
+                           inflight: list[list[_Request]]) -> None:
+        async with checked:
+            async for group, batch in checked:
+                await self._commit(group, batch)
+                inflight.remove(group)
+
+    async def _commit(self, group: list[_Request], batch: Batch) -> None:
+        try:
+            results, touched, keys = await trio.to_thread.run_sync(self._write, batch)
+        except StoreError as exc:
+            self._failed(group, exc)
             return
         # before anyone learns of the commit: no read after it may see a cached old state
         self.cache.invalidate(touched, keys)
@@ -187,10 +219,17 @@ class StoreService:
         for req, result in zip(group, results, strict=True):
             req.finish(result, None)
 
-    def _write(self, parts: Sequence[tuple[Sequence[Event], str, float]]
+    @staticmethod
+    def _failed(group: list[_Request], exc: StoreError) -> None:
+        # the batch is not stored; its callers get the error, the writer carries on
+        log.error("ingest of %d events failed: %s", sum(len(r.events) for r in group), exc)
+        for req in group:
+            req.finish(None, exc)
+
+    def _write(self, batch: Batch
                ) -> tuple[list[IngestResult], set[str], set[tuple[str, str]] | None]:
         """(worker thread) Commit; then the touched records and their alias keys now."""
-        results = self.store.ingest_group(parts)
+        results = self.store.commit_group(batch)
         touched = {s for r in results for s in r.records_touched}
         try:
             keys = self.store.alias_keys(touched) if touched else set()
