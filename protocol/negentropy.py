@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import operator
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from functools import partial
+from itertools import accumulate, islice
 from typing import NamedTuple, Protocol
 
 __all__ = [
@@ -409,6 +412,15 @@ class Storage(Protocol):
         ...
 
 
+_LITTLE_ENDIAN = partial(int.from_bytes, byteorder="little")
+
+
+def _prefix_sums(ids: Iterable[bytes]) -> list[int]:
+    """0, then the running sums of the ids read as little-endian integers: a range's
+    fingerprint sum is the difference of two of them."""
+    return [0, *accumulate(map(_LITTLE_ENDIAN, ids))]
+
+
 class VectorStorage:
     """In-memory storage: insert items, then seal() to sort and freeze them.
 
@@ -418,17 +430,47 @@ class VectorStorage:
     __slots__ = ("_items", "_prefix", "_sealed")
 
     def __init__(self) -> None:
-        self._items: list[Item] = []
+        self._items: list[tuple[int, bytes]] = []
         self._prefix: list[int] = []
         self._sealed = False
 
     @classmethod
     def from_items(cls, items: Iterable[tuple[int, bytes]]) -> VectorStorage:
-        """Build and seal a storage from ``(timestamp, id)`` pairs."""
+        """Build and seal a storage from ``(timestamp, id)`` pairs.
+
+        Pairs already sorted and unique (a store reads them in index order) are checked and
+        summed in whole-list passes, several times faster than one insert each; any other
+        input takes the item-by-item path, with its errors.
+        """
+        rows = list(items)
+        fast = cls._sorted_unique(rows)
+        if fast is not None:
+            return fast
         storage = cls()
-        for timestamp, id_ in items:
+        for timestamp, id_ in rows:
             storage.insert(timestamp, id_)
         storage.seal()
+        return storage
+
+    @classmethod
+    def _sorted_unique(cls, rows: list[tuple[int, bytes]]) -> VectorStorage | None:
+        """The sealed storage of ``rows`` if they are well-formed, strictly increasing
+        ``(int, bytes)`` pairs in range, else None."""
+        if not all(type(r) is tuple and len(r) == 2 for r in rows):
+            return None
+        stamps = [r[0] for r in rows]
+        ids = [r[1] for r in rows]
+        if (set(map(type, stamps)) - {int} or set(map(type, ids)) - {bytes}
+                or set(map(len, ids)) - {ID_SIZE}):
+            return None
+        if rows and not 0 <= stamps[0] <= stamps[-1] < INFINITY:
+            return None
+        if not all(map(operator.lt, rows, islice(rows, 1, None))):
+            return None
+        storage = cls()
+        storage._items = rows  # plain tuples: made into Items only when read out
+        storage._prefix = _prefix_sums(ids)
+        storage._sealed = True
         return storage
 
     @property
@@ -454,12 +496,7 @@ class VectorStorage:
         for i in range(1, len(items)):
             if items[i - 1] == items[i]:
                 raise InvalidArgument(f"duplicate item inserted: {items[i]!r}")
-        prefix = [0] * (len(items) + 1)
-        acc = 0
-        for i, item in enumerate(items, 1):
-            acc += int.from_bytes(item.id, "little")
-            prefix[i] = acc
-        self._prefix = prefix
+        self._prefix = _prefix_sums(item[1] for item in items)
         self._sealed = True
 
     def _check(self, begin: int, end: int) -> None:
@@ -475,11 +512,11 @@ class VectorStorage:
 
     def get_item(self, i: int) -> Item:
         self._check(i, i + 1)
-        return self._items[i]
+        return Item._make(self._items[i])
 
     def iterate(self, begin: int, end: int) -> Iterator[Item]:
         self._check(begin, end)
-        return iter(self._items[begin:end])
+        return map(Item._make, self._items[begin:end])
 
     def find_lower_bound(self, begin: int, end: int, bound: Bound) -> int:
         self._check(begin, end)

@@ -332,6 +332,64 @@ def test_vector_storage_misuse() -> None:
         VectorStorage.from_items([(1, le_id(1)), (1, le_id(1))])
 
 
+def _one_by_one(items: Sequence[tuple[int, bytes]]) -> VectorStorage:
+    s = VectorStorage()
+    for ts, id_ in items:
+        s.insert(ts, id_)
+    s.seal()
+    return s
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.binary(min_size=32, max_size=32)),
+                max_size=60, unique_by=lambda x: x[1]),
+       st.booleans(), st.data())
+def test_a_sorted_list_builds_the_storage_that_inserts_build(
+        items: list[tuple[int, bytes]], presorted: bool, data: st.DataObject) -> None:
+    """from_items takes sorted unique lists (a store's index order) in whole-list passes;
+    the storage is the one item-by-item inserts build, whatever the input's order."""
+    rows = sorted(items) if presorted else items
+    fast, slow = VectorStorage.from_items(rows), _one_by_one(items)
+    n = slow.size()
+    assert fast.size() == n
+    assert [fast.get_item(i) for i in range(n)] == [slow.get_item(i) for i in range(n)]
+    assert all(type(fast.get_item(i)) is Item for i in range(n))
+    assert list(fast.iterate(0, n)) == list(slow.iterate(0, n))
+    i = data.draw(st.integers(0, n))
+    j = data.draw(st.integers(i, n))
+    assert fast.fingerprint(i, j) == slow.fingerprint(i, j)
+    bound = Bound(data.draw(st.integers(0, 21)), data.draw(st.binary(max_size=3)))
+    assert fast.find_lower_bound(0, n, bound) == slow.find_lower_bound(0, n, bound)
+
+
+@pytest.mark.parametrize("rows, error", [
+    ([(1, le_id(1)), (1, le_id(1))], "duplicate"),
+    ([(2, le_id(1)), (1, le_id(1))], None),  # unsorted: sorted by the slow path
+    ([(1, b"short")], "id must be"),
+    ([(-1, le_id(1))], "out of range"),
+    ([(INFINITY, le_id(1))], "out of range"),
+    ([(True, le_id(1)), (2, le_id(2))], None),  # a bool is no int to the fast path
+    ([(1, bytearray(le_id(1)))], None),
+])
+def test_rows_the_fast_path_refuses_take_the_checked_path(
+        rows: list[tuple[int, bytes]], error: str | None) -> None:
+    if error is not None:
+        with pytest.raises(InvalidArgument, match=error):
+            VectorStorage.from_items(rows)
+    else:
+        s = VectorStorage.from_items(rows)
+        assert [s.get_item(i) for i in range(s.size())] == sorted(
+            Item(int(t), bytes(i)) for t, i in rows)
+
+
+def test_from_items_does_not_keep_the_callers_list() -> None:
+    rows = [(1, le_id(1)), (2, le_id(2))]
+    s = VectorStorage.from_items(rows)
+    rows.append((3, le_id(3)))
+    rows[0] = (9, le_id(9))
+    assert s.size() == 2 and s.get_item(0) == Item(1, le_id(1))
+
+
 # --------------------------------------------------------------------------------------------
 # State machine
 
