@@ -9,6 +9,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .canonical import canonical_json
@@ -86,6 +87,11 @@ def parse_pith_number(text: str) -> PithNumber:
     """Parse ``pith:YEAR:SUFFIX``, ``pith:SHORT`` or a bare suffix (case-insensitive)."""
     if not isinstance(text, str) or len(text) > 64:
         raise InputError("bad_pith_number", "a Pith Number is a short string")
+    return _parse_pith_number(text)
+
+
+@lru_cache(maxsize=8192)  # ingest parses each event's subject several times
+def _parse_pith_number(text: str) -> PithNumber:
     t = text.strip()
     if t.lower().startswith("pith:"):
         t = t[5:]
