@@ -6,13 +6,13 @@ state bytes. Rules are written out in docs/PROTOCOL.md; each step below names it
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .canonical import canonical_json, sha256_raw
+from .documents import loads
 from .errors import InputError, ProtocolError
 from .events import (
     STATE_LISTS,
@@ -97,7 +97,7 @@ def _admission(ev: Event, spec: NetworkSpec) -> Admission | None:
             return None
         # through canonical bytes, so payload key order never depends on where the
         # attestation came from (made here, or parsed from a peer's bytes)
-        events = tuple(event_from_json(json.loads(canonical_json(e)))
+        events = tuple(event_from_json(loads(canonical_json(e)))
                        for e in ev.payload["events"])
     except InputError:
         return None

@@ -15,12 +15,12 @@ against the SHA-256 (:func:`decode_object`), so a damaged blob is found, never s
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from typing import Any
 
 import cbor2
 
+from pithnode.protocol.documents import loads
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.events import Event, Signer, event_from_json
 from pithnode.protocol.identifiers import fingerprint_hex
@@ -166,7 +166,7 @@ def decode_bytes(codec: int, blob: bytes, size: int) -> bytes:
 
 def _parse_event(data: bytes) -> Event:
     try:
-        return event_from_json(json.loads(data))
+        return event_from_json(loads(data))
     except (ValueError, InputError) as exc:
         raise CodecError(f"object is not an event: {exc}") from exc
 

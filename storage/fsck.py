@@ -11,12 +11,12 @@ acceptable events are indexed again, and every derived table is rebuilt.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pithnode.protocol.documents import loads
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.events import Event, event_from_json
 from pithnode.protocol.ingest import accept
@@ -100,7 +100,7 @@ class _Scan:
 
 
 def _parse(data: bytes) -> Event:
-    return event_from_json(json.loads(data))
+    return event_from_json(loads(data))
 
 
 def _expected(ev: Event) -> _Expected | str:
