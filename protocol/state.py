@@ -7,7 +7,7 @@ the *sorted* canonical form of the document without the ``state_sha256`` key.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .canonical import canonical_json, compact_json, sha256_hex
@@ -44,9 +44,11 @@ def _entry(ev: Event) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class StateDocument:
-    """A state document as a plain dict in served key order."""
+    """A state document as a plain dict in served key order; ``merged`` when the merge
+    built it (so it holds only the payloads of events whose canonical bytes exist)."""
 
     doc: dict[str, Any]
+    merged: bool = field(default=False, compare=False)
 
     @property
     def pith_number(self) -> str:
@@ -57,14 +59,17 @@ class StateDocument:
         return str(self.doc["state_sha256"])
 
     def served_bytes(self) -> bytes:
-        return served_json(self.doc)
+        return served_json(self.doc, finite=self.merged)
 
-def served_json(doc: Any) -> bytes:
-    """Compact JSON in the document's own key order, no trailing newline (Pith's form)."""
-    return compact_json(doc)
+def served_json(doc: Any, *, finite: bool = False) -> bytes:
+    """Compact JSON in the document's own key order, no trailing newline (Pith's form);
+    ``finite`` as for :func:`~pithnode.protocol.canonical.canonical_json`."""
+    return compact_json(doc, finite=finite)
 
-def state_hash(doc: dict[str, Any]) -> str:
-    return sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "state_sha256"}))
+def state_hash(doc: dict[str, Any], *, merged: bool = False) -> str:
+    """``state_sha256`` of a state document; ``merged`` when the merge built it."""
+    return sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "state_sha256"},
+                                     finite=merged))
 
 def build_state(
     subject: str,
@@ -105,8 +110,8 @@ def build_state(
         "invalid_events": [dict(e) for e in invalid],
         "applied_event_ids": [e.event_id for e in order],
     }
-    doc["state_sha256"] = state_hash(doc)
-    return StateDocument(doc)
+    doc["state_sha256"] = state_hash(doc, merged=True)
+    return StateDocument(doc, merged=True)
 
 @dataclass(frozen=True, slots=True)
 class ParsedState:
