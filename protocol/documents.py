@@ -20,7 +20,7 @@ import orjson
 from .errors import DecodeError, TooLarge
 
 __all__ = ["MAX_DOCUMENT_BYTES", "MAX_LINE_BYTES", "Document", "decode_document", "decode_json",
-           "loads"]
+           "decode_json_finite", "loads"]
 
 MAX_DOCUMENT_BYTES = 64 << 20
 #: One JSON Lines record (one event).
@@ -76,11 +76,18 @@ def loads(data: bytes) -> Any:
 
 def decode_json(data: bytes, *, limit: int = MAX_DOCUMENT_BYTES) -> Any:
     """Strict UTF-8 JSON with a size limit checked before decoding."""
+    return decode_json_finite(data, limit=limit)[0]
+
+
+def decode_json_finite(data: bytes, *, limit: int = MAX_DOCUMENT_BYTES) -> tuple[Any, bool]:
+    """:func:`decode_json`, and whether the value is known to hold no infinite float (orjson
+    decoded it: it refuses numbers that overflow a double, which the standard library reads
+    as infinities), for ``canonical_json(..., finite=True)``."""
     if len(data) > limit:
         raise TooLarge("too_large", f"{len(data)} bytes exceeds the limit of {limit}")
     done, obj = _fast(data)
     if done:
-        return _depth_checked(data, obj)
+        return _depth_checked(data, obj), True
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -94,7 +101,7 @@ def decode_json(data: bytes, *, limit: int = MAX_DOCUMENT_BYTES) -> Any:
         raise DecodeError("bad_json", "JSON nested too deeply") from exc
     except ValueError as exc:  # e.g. integers beyond the interpreter's digit limit
         raise DecodeError("bad_json", f"not JSON: {exc}") from exc
-    return _depth_checked(data, obj)
+    return _depth_checked(data, obj), False
 
 
 def _depth_checked(data: bytes, obj: Any) -> Any:

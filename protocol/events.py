@@ -239,7 +239,8 @@ class Event:
             return "not_native", None
         if self.verified:
             return None, None
-        digest = sha256_raw(canonical_json(self.core()))
+        # parsed events had their whole envelope's canonical bytes made (no NaN in it)
+        digest = sha256_raw(canonical_json(self.core(), finite=self.canonical is not None))
         if self.event_id != "sha256:" + digest.hex():
             return "event_id_mismatch", None
         try:
@@ -288,11 +289,15 @@ def _require_str(obj: Mapping[str, Any], key: str, limit: int = 256) -> str:
     return v
 
 
-def event_from_json(obj: Any) -> Event:
-    """Parse an envelope (registry or native). Checks shape, not signatures or validity."""
+def event_from_json(obj: Any, *, finite: bool = False) -> Event:
+    """Parse an envelope (registry or native). Checks shape, not signatures or validity.
+
+    ``finite``: ``obj`` is known to hold no NaN or infinite float
+    (:func:`~pithnode.protocol.documents.decode_json_finite` says so of what it decoded).
+    """
     if not isinstance(obj, dict):
         raise DecodeError("bad_envelope", "an event is a JSON object")
-    canonical = canonical_json(obj)
+    canonical = canonical_json(obj, finite=finite)
     size = len(canonical)
     if size > MAX_EVENT_BYTES:
         raise TooLarge("event_too_large", f"event of {size} bytes exceeds {MAX_EVENT_BYTES}")

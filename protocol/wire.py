@@ -27,7 +27,7 @@ from typing import Any
 
 import cbor2
 
-from .documents import decode_json
+from .documents import decode_json_finite
 from .errors import DecodeError, InputError, ProtocolError, TooLarge
 from .events import MAX_EVENT_BYTES, Event, event_from_json
 
@@ -200,8 +200,8 @@ def decode_events(raw: Iterable[bytes]) -> list[Event]:
     """Parse each event's canonical JSON bytes; the first bad one raises InputError."""
     out = []
     for data in raw:
-        obj = decode_json(data, limit=MAX_EVENT_BYTES)
-        out.append(event_from_json(obj))
+        obj, finite = decode_json_finite(data, limit=MAX_EVENT_BYTES)
+        out.append(event_from_json(obj, finite=finite))
     return out
 
 

@@ -24,7 +24,7 @@ from pithnode.protocol.documents import (
     MAX_DOCUMENT_BYTES,
     MAX_LINE_BYTES,
     decode_document,
-    decode_json,
+    decode_json_finite,
 )
 from pithnode.protocol.errors import DecodeError, InputError, TooLarge
 from pithnode.protocol.events import Event, event_from_json, utc_timestamp
@@ -185,7 +185,8 @@ class _Importer:
                 for n, line in lines:
                     self.result.lines = n
                     try:
-                        ev = event_from_json(decode_json(line, limit=MAX_LINE_BYTES))
+                        obj, finite = decode_json_finite(line, limit=MAX_LINE_BYTES)
+                        ev = event_from_json(obj, finite=finite)
                     except InputError as exc:
                         raise DecodeError(exc.reason, f"line {n}: {exc}") from exc
                     self.result.subjects.add(ev.subject)
