@@ -29,7 +29,8 @@ import orjson
 
 from .errors import InputError
 
-__all__ = ["canonical_json", "canonical_sha256", "compact_json", "sha256_hex", "sha256_raw"]
+__all__ = ["canonical_json", "canonical_sha256", "compact_json", "key_sorted", "sha256_hex",
+           "sha256_raw"]
 
 _SORTED = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
            | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME)
@@ -96,6 +97,27 @@ def compact_json(obj: Any, *, finite: bool = False) -> bytes:
     ``finite`` as for :func:`canonical_json`."""
     out = _fast(obj, _UNSORTED, finite)
     return out if out is not None else _standard(obj, False)
+
+
+def _key_sorted(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _key_sorted(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [_key_sorted(x) for x in obj]
+    return obj
+
+
+def key_sorted(obj: Any, *, finite: bool = False) -> Any:
+    """A copy of ``obj`` with every object's keys in sorted order (as parsing its canonical
+    JSON gives them). With ``finite`` (as for :func:`canonical_json`) the copy is made by an
+    orjson round trip, which keeps every value a finite JSON value can hold (it refuses
+    integers past 64 bits and lone surrogates, which are copied in Python instead)."""
+    if finite:
+        try:
+            return orjson.loads(orjson.dumps(obj, option=_SORTED))
+        except (TypeError, orjson.JSONDecodeError):
+            pass
+    return _key_sorted(obj)
 
 
 def sha256_raw(data: bytes) -> bytes:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .canonical import canonical_json, compact_json, sha256_hex
+from .canonical import canonical_json, compact_json, key_sorted, sha256_hex
 from .errors import DecodeError, InputError
 from .events import STATE_LISTS, Event, event_from_state_entry
 from .identifiers import parse_pith_number
@@ -31,11 +31,8 @@ TOP_KEYS = (
 )
 
 def _sorted(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _sorted(obj[k]) for k in sorted(obj)}
-    if isinstance(obj, list):
-        return [_sorted(x) for x in obj]
-    return obj
+    """Keys sorted; only for what the merge puts in a state (its floats are finite)."""
+    return key_sorted(obj, finite=True)
 
 def _entry(ev: Event) -> dict[str, Any]:
     e = ev.state_entry()

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from typing import Any
 
 import cbor2
 
+from pithnode.protocol.canonical import key_sorted
 from pithnode.protocol.documents import loads
 from pithnode.protocol.errors import InputError
 from pithnode.protocol.events import Event, Signer, event_from_json
@@ -90,16 +90,6 @@ def _raw_hex(text: str, prefix: str, size: int) -> bytes | None:
     return raw if prefix + raw.hex() == text else None
 
 
-def _key_sorted(obj: Any) -> Any:
-    """Objects with their keys in sorted order, recursively (as parsing the canonical JSON
-    would give them), so a decoded event never depends on how its payload was spelt."""
-    if isinstance(obj, dict):
-        return {k: _key_sorted(obj[k]) for k in sorted(obj)}
-    if isinstance(obj, list):
-        return [_key_sorted(x) for x in obj]
-    return obj
-
-
 def encode_event(ev: Event, canonical: bytes) -> tuple[int, bytes]:
     """Encode a native event whose exact bytes are ``canonical`` (its canonical_bytes()).
 
@@ -120,7 +110,7 @@ def encode_event(ev: Event, canonical: bytes) -> tuple[int, bytes]:
     try:
         blob = cbor2.dumps([_LAYOUT, ev.event_type, ev.subject, ev.target, ev.created_at, key,
                             fp, signer.signer_id, signer.signer_type,
-                            _key_sorted(ev.payload), eid, ev.signature])
+                            key_sorted(ev.payload, finite=True), eid, ev.signature])
     except (cbor2.CBOREncodeError, TypeError, ValueError):
         return encode_bytes(canonical)
     return CODEC_EVENT, blob

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pithnode.protocol import canonical
-from pithnode.protocol.canonical import canonical_json, compact_json
+from pithnode.protocol.canonical import canonical_json, compact_json, key_sorted
 from pithnode.protocol.errors import InputError
 
 GOLDEN = Path(__file__).parent / "fixtures" / "32UK2ZWI5AOEVO5BZHZCLHZWZL.state.json"
@@ -159,3 +159,22 @@ def test_finite_values_vouched_for_give_the_same_bytes(value: Any) -> None:
         return
     assert ours(value, finite=True) == reference(value)
     assert ours_compact(value, finite=True) == reference(value, sort_keys=False)
+
+
+def _outcome(fn: Any, value: Any) -> str:
+    try:
+        return repr(fn(value))
+    except TypeError as exc:  # keys that do not sort together
+        return f"TypeError {exc}"
+
+
+@given(values)
+@settings(max_examples=1000, deadline=None)
+def test_key_sorted_copies_are_the_same_by_either_path(value: Any) -> None:
+    if not _finite(value):
+        return
+    fast = _outcome(lambda v: key_sorted(v, finite=True), value)
+    assert fast == _outcome(key_sorted, value)
+    if not fast.startswith("TypeError"):
+        assert canonical_json(key_sorted(value, finite=True)) == canonical_json(value)
+        assert compact_json(key_sorted(value, finite=True)) == canonical_json(value)
