@@ -742,3 +742,43 @@ def test_commits_are_checkpointed_beside_the_writer(store: Store, db: Path,
     store.close()  # idempotent, and the checkpointer thread is gone
     assert not any(t.name == "store-checkpoint" and t.is_alive()
                    for t in threading.enumerate())
+
+
+class CountingReads:
+    """A real store that counts reads of its sync items."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def iter_sync_items(self, prefixes: list[str] | None = None) -> object:
+        self.reads += 1
+        return self.store.iter_sync_items(prefixes)
+
+
+async def test_sync_items_are_kept_and_brought_up_to_date(store: Store,
+                                                          recs: list[Record]) -> None:
+    counting = CountingReads(store)
+    service = StoreService(counting, clock=lambda: T0)  # type: ignore[arg-type]
+    scope = [recs[1].pith.rsplit(":", 1)[-1][:3].lower()]  # one record's, as a peer spells it
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            await service.ingest(recs[0].natives, source="peer")
+            assert await service.sync_items([]) == list(store.iter_sync_items())
+            assert await service.sync_items(scope) == list(store.iter_sync_items(scope))
+            assert counting.reads == 2
+            for rec in recs[1:4]:  # in the scope and out of it
+                await service.ingest(rec.natives, source="peer")
+            assert await service.sync_items(scope) == list(store.iter_sync_items(scope))
+            assert counting.reads == 2  # the kept items, with the new events merged in
+            assert await service.sync_items([]) == list(store.iter_sync_items())
+            assert counting.reads == 3  # another scope: read
+            await service.repair()
+            assert await service.sync_items([]) == list(store.iter_sync_items())
+            assert counting.reads == 4  # a repair drops what was kept
+            nursery.cancel_scope.cancel()
+    assert 0 < len(list(store.iter_sync_items(scope))) < len(list(store.iter_sync_items()))
