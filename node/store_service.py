@@ -161,6 +161,7 @@ class StoreService:
         self._reads_queued = trio.Event()
         self.read_batches = 0
         self._sync_cache: _SyncItems | None = None
+        self._sync_reading: dict[tuple[str, ...], trio.Event] = {}
         #: changes with every commit and repair
         self._generation = 0
 
@@ -454,6 +455,9 @@ class StoreService:
         for every session; a repair drops them.
         """
         scope = tuple(sorted({p.upper() for p in prefixes}))
+        reading = self._sync_reading.get(scope)
+        if reading is not None:  # another session's read (or the warm-up) of this scope
+            await reading.wait()
         cached = self._sync_cache
         if cached is not None and cached.scope == scope:
             if cached.pending:  # the events committed since, merged in (no await: atomic)
@@ -465,7 +469,12 @@ class StoreService:
             return list(self.store.iter_sync_items(scope or None))
 
         generation = self._generation
-        items = await trio.to_thread.run_sync(read, limiter=self._limiter)
+        done = self._sync_reading[scope] = trio.Event()
+        try:
+            items = await trio.to_thread.run_sync(read, limiter=self._limiter)
+        finally:
+            del self._sync_reading[scope]
+            done.set()
         # a commit during the read may or may not be in it: keep only a clean snapshot
         if generation == self._generation and len(items) <= SYNC_ITEMS_CACHE_MAX:
             self._sync_cache = _SyncItems(scope, items)

@@ -782,3 +782,20 @@ async def test_sync_items_are_kept_and_brought_up_to_date(store: Store,
             assert counting.reads == 4  # a repair drops what was kept
             nursery.cancel_scope.cancel()
     assert 0 < len(list(store.iter_sync_items(scope))) < len(list(store.iter_sync_items()))
+
+
+async def test_sessions_asking_at_once_share_one_read(store: Store, recs: list[Record]) -> None:
+    counting = CountingReads(store)
+    service = StoreService(counting, clock=lambda: T0)  # type: ignore[arg-type]
+    store.ingest(recs[0].natives, source="peer", received_at=T0)
+    got: list[list[tuple[int, bytes]]] = []
+
+    async def ask() -> None:
+        got.append(await service.sync_items([]))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(ask)
+    assert counting.reads == 1
+    assert got == [list(store.iter_sync_items())] * 3
