@@ -24,6 +24,7 @@ from pithnode.protocol.wire import (
     MAX_EVENTS_PER_FRAME,
     MAX_GETS_IN_FLIGHT,
     MAX_IDS_PER_GET,
+    MAX_PUTS_IN_FLIGHT,
     Frame,
     Role,
     SessionMachine,
@@ -219,18 +220,30 @@ class SyncEngine:
         have = list(dict.fromkeys(have))
         result.have, result.need = len(have), len(need)
         await self._fetch(stream, machine, result, need, scope, peer)
+        unacked = 0  # up to MAX_PUTS_IN_FLIGHT puts before their acks are read
         for i in range(0, len(have), self.fetch_batch):
             raw = await self.store.raw_events(have[i:i + self.fetch_batch])
             for chunk in _chunks(raw):
                 if not chunk:
                     continue
+                if unacked >= MAX_PUTS_IN_FLIGHT:
+                    await self._take_ack(stream, machine, result)
+                    unacked -= 1
                 await self._send(stream, result, encode_frame("put", events=chunk))
-                ack = await self._recv(stream, machine, result)
-                result.pushed += ack.fields["new"]
+                unacked += 1
+        for _ in range(unacked):
+            await self._take_ack(stream, machine, result)
         await self._send(stream, result, encode_frame("done"))
         await self._recv(stream, machine, result)
         with trio.move_on_after(self.timeout_s):
             await stream.close()
+
+    async def _take_ack(self, stream: Stream, machine: SessionMachine, result: SyncResult
+                        ) -> None:
+        ack = await self._recv(stream, machine, result)
+        if ack.kind != "ack":
+            raise ProtocolError(f"expected an ack, got {ack.kind!r}")
+        result.pushed += ack.fields["new"]
 
     async def _fetch(self, stream: Stream, machine: SessionMachine, result: SyncResult,
                      need: Sequence[bytes], scope: Sequence[str], peer: str) -> None:
@@ -320,38 +333,55 @@ class SyncEngine:
 
     async def _serve(self, stream: Stream, machine: SessionMachine, result: SyncResult,
                      scope: Sequence[str], early: _Early) -> None:
+        """Answer frames until ``done``. Pushed batches (``put``) are ingested by up to
+        MAX_PUTS_IN_FLIGHT tasks while the next ones are read, each acknowledged when it
+        is committed; ``done`` is answered after every ``put`` is."""
         neg: Negentropy | None = None
-        while True:
-            frame = await self._recv(stream, machine, result)
-            if frame.kind == "neg":
-                if neg is None:
-                    neg = Negentropy(await early.get(), self.frame_size_limit)
-                result.rounds += 1
-                if result.rounds > MAX_ROUNDS:
-                    raise ProtocolError("too many reconciliation rounds")
-                reply = await trio.to_thread.run_sync(neg.reconcile, frame.fields["m"])
-                await self._send(stream, result, encode_frame("neg", m=reply))
-            elif frame.kind == "get":
-                raw = await self.store.raw_events(frame.fields["ids"])
-                sent = 0
-                for chunk in _chunks(raw):
-                    if chunk:
-                        await self._send(stream, result, encode_frame("events", events=chunk))
-                        sent += len(chunk)
-                await self._send(stream, result, encode_frame("end", count=sent))
-                result.have += sent
-            elif frame.kind == "put":
-                events = await trio.to_thread.run_sync(decode_events, frame.fields["events"])
+        sending = trio.Lock()  # the put tasks send their acks beside this loop
+        slots = trio.Semaphore(MAX_PUTS_IN_FLIGHT)
+
+        async def send(data: bytes) -> None:
+            async with sending:
+                await self._send(stream, result, data)
+
+        async def take_put(raw: list[bytes]) -> None:
+            try:
+                events = await trio.to_thread.run_sync(decode_events, raw)
                 in_scope = self._scope_filter(events, scope)
                 new, dup, rejected = await self.store.ingest_events(
                     in_scope, source=f"sync:{result.peer}")
                 rejected += len(events) - len(in_scope)
                 result.fetched_new += new
                 result.rejected += rejected
-                await self._send(stream, result, encode_frame(
-                    "ack", new=new, duplicate=dup, rejected=rejected))
-            else:  # done
-                await self._send(stream, result, encode_frame("done"))
-                with trio.move_on_after(self.timeout_s):
-                    await stream.close()
-                return
+                await send(encode_frame("ack", new=new, duplicate=dup, rejected=rejected))
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as puts:
+            while True:
+                frame = await self._recv(stream, machine, result)
+                if frame.kind == "neg":
+                    if neg is None:
+                        neg = Negentropy(await early.get(), self.frame_size_limit)
+                    result.rounds += 1
+                    if result.rounds > MAX_ROUNDS:
+                        raise ProtocolError("too many reconciliation rounds")
+                    reply = await trio.to_thread.run_sync(neg.reconcile, frame.fields["m"])
+                    await send(encode_frame("neg", m=reply))
+                elif frame.kind == "get":
+                    raw = await self.store.raw_events(frame.fields["ids"])
+                    sent = 0
+                    for chunk in _chunks(raw):
+                        if chunk:
+                            await send(encode_frame("events", events=chunk))
+                            sent += len(chunk)
+                    await send(encode_frame("end", count=sent))
+                    result.have += sent
+                elif frame.kind == "put":
+                    await slots.acquire()  # (released by the task) bounds what waits in memory
+                    puts.start_soon(take_put, frame.fields["events"])
+                else:  # done: answered once the puts are (the nursery waits for them)
+                    break
+        await self._send(stream, result, encode_frame("done"))
+        with trio.move_on_after(self.timeout_s):
+            await stream.close()

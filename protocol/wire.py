@@ -10,7 +10,8 @@ Sync session over one stream (``/pith/sync/1.0.0``), initiator I and responder R
     I: neg{m}                     R: neg{m}            (until I's Negentropy is done)
     I: get{ids}                   R: events{events}... then end{count}   (repeat, bounded;
                                   up to MAX_GETS_IN_FLIGHT gets pipelined, answered in order)
-    I: put{events}                R: ack{new, duplicate, rejected}       (repeat, bounded)
+    I: put{events}                R: ack{new, duplicate, rejected}       (repeat, bounded;
+                                  up to MAX_PUTS_IN_FLIGHT puts before their acks)
     I: done                       R: done
 
 A stream that ends without ``done`` (or ``end`` for a ``get``) is a failure, never a clean
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_GOSSIP_BYTES",
     "MAX_GOSSIP_EVENTS",
     "MAX_IDS_PER_GET",
+    "MAX_PUTS_IN_FLIGHT",
     "Role",
     "SessionMachine",
     "SyncState",
@@ -260,6 +262,9 @@ _TRANSITIONS: Mapping[tuple[Role, SyncState, str], SyncState] = {
 #: ``get`` requests an initiator may have outstanding at once (the responder answers them in
 #: order, so fetching overlaps with ingesting what already arrived).
 MAX_GETS_IN_FLIGHT = 4
+#: ``put`` frames an initiator may send before reading their acks (the responder ingests
+#: them while it reads the next, and reads no further while this many wait).
+MAX_PUTS_IN_FLIGHT = 4
 
 
 class SessionMachine:

@@ -97,17 +97,18 @@ async def test_partial_mirrors_exchange_only_records_in_scope() -> None:
 
 
 class _CountingStream:
-    """A responder's stream that counts the ``get`` frames it has read."""
+    """A responder's stream that counts the frames of one type (``get``) it has read."""
 
-    def __init__(self, inner: Stream, gets_seen: Callable[[int], None]) -> None:
-        self._inner, self._gets_seen, self.gets = inner, gets_seen, 0
+    def __init__(self, inner: Stream, gets_seen: Callable[[int], None],
+                 kind: str = "get") -> None:
+        self._inner, self._gets_seen, self.gets, self.kind = inner, gets_seen, 0, kind
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
 
     async def receive_frame(self) -> bytes:
         data = await self._inner.receive_frame()
-        if cbor2.loads(data).get("t") == "get":
+        if cbor2.loads(data).get("t") == self.kind:
             self.gets += 1
             self._gets_seen(self.gets)
         return data
@@ -136,6 +137,34 @@ async def test_fetches_are_pipelined_while_the_first_batch_is_ingested() -> None
             stream = await a.open_stream(b.peer_id, SYNC_PROTOCOL)
             await SyncEngine(empty, prefixes=(), timeout_s=5.0, fetch_batch=10,
                              frame_size_limit=4096).sync_with(b.peer_id, stream)
+    assert empty.ids() == full.ids()
+    assert empty.states() == full.states()
+
+
+async def test_pushes_are_pipelined_while_the_first_batch_is_ingested() -> None:
+    """The responder's first ingest of pushed events waits until it has read three puts: an
+    initiator that waited for each ack before the next put would never get there."""
+    three_puts = trio.Event()
+
+    class SlowStore(MemStore):
+        async def ingest_events(self, events: Sequence[Event], *, source: str
+                                ) -> tuple[int, int, int]:
+            await three_puts.wait()
+            return await super().ingest_events(events, source=source)
+
+    full, empty = MemStore(SPEC, ALL), SlowStore(SPEC)
+    eng_b = engine(empty)
+
+    async def handle(stream: Stream) -> None:
+        await eng_b.handle_stream(_CountingStream(  # type: ignore[arg-type]
+            stream, lambda n: three_puts.set() if n >= 3 else None, kind="put"))
+
+    async with pair(handle) as (a, b, _):
+        with trio.fail_after(30):
+            stream = await a.open_stream(b.peer_id, SYNC_PROTOCOL)
+            result = await SyncEngine(full, prefixes=(), timeout_s=5.0, fetch_batch=10,
+                                      frame_size_limit=4096).sync_with(b.peer_id, stream)
+    assert result.pushed == len(ALL)
     assert empty.ids() == full.ids()
     assert empty.states() == full.states()
 
