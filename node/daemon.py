@@ -11,8 +11,9 @@ import json
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -138,6 +139,8 @@ class Node:
         self.sync_totals = SyncTotals()
         self._subscribers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
         self._sync_limit = trio.Semaphore(MAX_CONCURRENT_SYNCS)
+        #: sync sessions running with each peer, either role
+        self._sessions: Counter[str] = Counter()
         self._nursery: trio.Nursery | None = None
         self.ready: Ready | None = None
         self._gossip_exported: dict[tuple[str, str], int] = {}
@@ -318,7 +321,7 @@ class Node:
         rng = random.Random()
         while True:
             await trio.sleep(self.cfg.sync.interval_s + rng.uniform(0, self.cfg.sync.jitter_s))
-            peers = self.transport.connected_peers()
+            peers = self.idle_peers()
             if peers:
                 await self._sync_quietly(rng.choice(peers))
 
@@ -331,17 +334,19 @@ class Node:
     async def sync_with(self, peer: PeerId) -> SyncResult:
         info = self._peer(str(peer))
         async with self._sync_limit:
-            try:
-                with trio.fail_after(self.cfg.sync.timeout_s):
-                    stream = await self.transport.open_stream(peer, SYNC_PROTOCOL)
-                result = await self.sync.sync_with(peer, stream)
-            except (SyncFailed, TransportError, trio.TooSlowError) as exc:
-                reason = type(exc.__cause__ or exc).__name__
-                self.sync_totals.errors += 1
-                self.sync_totals.by_reason[reason] = self.sync_totals.by_reason.get(reason, 0) + 1
-                info.sync_errors += 1
-                self.metrics.sync_errors.labels(reason).inc()
-                raise SyncFailed(str(exc)) from exc
+            with self._in_session(str(peer)):
+                try:
+                    with trio.fail_after(self.cfg.sync.timeout_s):
+                        stream = await self.transport.open_stream(peer, SYNC_PROTOCOL)
+                    result = await self.sync.sync_with(peer, stream)
+                except (SyncFailed, TransportError, trio.TooSlowError) as exc:
+                    reason = type(exc.__cause__ or exc).__name__
+                    self.sync_totals.errors += 1
+                    by_reason = self.sync_totals.by_reason
+                    by_reason[reason] = by_reason.get(reason, 0) + 1
+                    info.sync_errors += 1
+                    self.metrics.sync_errors.labels(reason).inc()
+                    raise SyncFailed(str(exc)) from exc
         self._record_sync(info, result)
         return result
 
@@ -362,12 +367,29 @@ class Node:
         self.metrics.sync_bytes.labels("in").inc(result.bytes_in)
         self.metrics.sync_bytes.labels("out").inc(result.bytes_out)
 
+    def idle_peers(self) -> list[PeerId]:
+        """Connected peers with no sync session running with us, either role: the periodic
+        sync picks among them (a bulk catch-up can outlast the interval, and a second
+        session beside it would fetch the same events again)."""
+        return [p for p in self.transport.connected_peers() if not self._sessions[str(p)]]
+
+    @contextmanager
+    def _in_session(self, peer: str) -> Iterator[None]:
+        self._sessions[peer] += 1
+        try:
+            yield
+        finally:
+            self._sessions[peer] -= 1
+            if not self._sessions[peer]:
+                del self._sessions[peer]
+
     async def _on_sync_stream(self, stream: Stream) -> None:
         if self._sync_limit.value == 0:
             await stream.reset()
             return
         async with self._sync_limit:
-            result = await self.sync.handle_stream(stream)
+            with self._in_session(str(stream.remote_peer)):
+                result = await self.sync.handle_stream(stream)
         info = self._peer(str(stream.remote_peer))
         if result.errors:
             info.sync_errors += 1

@@ -810,3 +810,21 @@ async def test_subscribers_get_each_new_event_and_each_touched_records_new_state
             assert st is not None
             assert (note["state_sha256"], note["event_count"]) == (st.state_sha256,
                                                                    st.event_count)
+
+
+async def test_the_periodic_sync_leaves_peers_in_a_session_alone(tmp_path: Path) -> None:
+    async with running(tmp_path, 3, seed=()) as net:
+        b, c, a = net.nodes  # a dialled both others: its connections are up
+        peer_b = str(b.transport.peer_id)
+        assert {str(p) for p in a.transport.connected_peers()} == {
+            peer_b, str(c.transport.peer_id)}
+        before = a._sessions[peer_b]  # (a session each new connection opens may be running)
+        with a._in_session(peer_b), a._in_session(peer_b):
+            assert peer_b not in {str(p) for p in a.idle_peers()}
+            assert a._sessions[peer_b] == before + 2
+        assert a._sessions[peer_b] == before
+        result = await a.sync_with(b.transport.peer_id)
+        assert result.role == "initiator"
+        while a._sessions:  # every session ends, and leaves its peer idle
+            await trio.sleep(0)
+        assert {str(p) for p in a.idle_peers()} == {peer_b, str(c.transport.peer_id)}
