@@ -450,20 +450,29 @@ class StoreService:
     async def sync_items(self, prefixes: Sequence[str]) -> list[tuple[int, bytes]]:
         """(seconds, raw id) of the stored events in scope, sorted (``SyncStore``).
 
-        The items of the latest scope asked for are kept (up to ``SYNC_ITEMS_CACHE_MAX``)
-        and brought up to date with the events committed since, rather than read again
-        for every session; a repair drops them.
+        A full mirror's items (every record in scope) are kept, up to
+        ``SYNC_ITEMS_CACHE_MAX``, and brought up to date with the events committed since
+        rather than read again for every session. Before they are used, the store's count
+        of events must equal theirs (events removed behind the service's back, by another
+        connection, are noticed); a repair drops them.
         """
         scope = tuple(sorted({p.upper() for p in prefixes}))
         reading = self._sync_reading.get(scope)
-        if reading is not None:  # another session's read (or the warm-up) of this scope
+        if reading is not None:  # another session's read of this scope
             await reading.wait()
         cached = self._sync_cache
         if cached is not None and cached.scope == scope:
             if cached.pending:  # the events committed since, merged in (no await: atomic)
                 cached.items = _merged(cached.items, cached.pending)
                 cached.pending = []
-            return list(cached.items)
+            items = cached.items
+            count = await trio.to_thread.run_sync(self.store.event_count,
+                                                  limiter=self._limiter)
+            if self._sync_cache is cached and count == len(items) and not cached.pending:
+                return list(items)
+            log.debug("the store holds %d events, the kept sync items %d: reading them again",
+                      count, len(items))
+            self._sync_cache = None
 
         def read() -> list[tuple[int, bytes]]:
             return list(self.store.iter_sync_items(scope or None))
@@ -476,7 +485,7 @@ class StoreService:
             del self._sync_reading[scope]
             done.set()
         # a commit during the read may or may not be in it: keep only a clean snapshot
-        if generation == self._generation and len(items) <= SYNC_ITEMS_CACHE_MAX:
+        if not scope and generation == self._generation and len(items) <= SYNC_ITEMS_CACHE_MAX:
             self._sync_cache = _SyncItems(scope, items)
         return list(items)
 

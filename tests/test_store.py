@@ -759,7 +759,7 @@ class CountingReads:
         return self.store.iter_sync_items(prefixes)
 
 
-async def test_sync_items_are_kept_and_brought_up_to_date(store: Store,
+async def test_sync_items_are_kept_and_brought_up_to_date(store: Store, db: Path,
                                                           recs: list[Record]) -> None:
     counting = CountingReads(store)
     service = StoreService(counting, clock=lambda: T0)  # type: ignore[arg-type]
@@ -769,17 +769,28 @@ async def test_sync_items_are_kept_and_brought_up_to_date(store: Store,
             await nursery.start(service.run)
             await service.ingest(recs[0].natives, source="peer")
             assert await service.sync_items([]) == list(store.iter_sync_items())
-            assert await service.sync_items(scope) == list(store.iter_sync_items(scope))
-            assert counting.reads == 2
-            for rec in recs[1:4]:  # in the scope and out of it
+            assert counting.reads == 1
+            for rec in recs[1:4]:
                 await service.ingest(rec.natives, source="peer")
-            assert await service.sync_items(scope) == list(store.iter_sync_items(scope))
-            assert counting.reads == 2  # the kept items, with the new events merged in
             assert await service.sync_items([]) == list(store.iter_sync_items())
-            assert counting.reads == 3  # another scope: read
+            assert counting.reads == 1  # the kept items, with the new events merged in
+            # a partial scope is read every time (only a full mirror's items are kept)
+            assert await service.sync_items(scope) == list(store.iter_sync_items(scope))
+            assert await service.sync_items(scope) == list(store.iter_sync_items(scope))
+            assert counting.reads == 3
+            assert await service.sync_items([]) == list(store.iter_sync_items())
+            assert counting.reads == 3
+            # an event removed behind the service's back (another connection) is noticed
+            with sqlite3.connect(db) as conn:
+                conn.execute("DELETE FROM carried WHERE import IN (SELECT id FROM events "
+                             "WHERE eid = ?)", (sync_item(recs[2].natives[1])[1],))
+                conn.execute("DELETE FROM events WHERE eid = ?",
+                             (sync_item(recs[2].natives[1])[1],))
+            assert await service.sync_items([]) == list(store.iter_sync_items())
+            assert counting.reads == 4
             await service.repair()
             assert await service.sync_items([]) == list(store.iter_sync_items())
-            assert counting.reads == 4  # a repair drops what was kept
+            assert counting.reads == 5  # a repair drops what was kept
             nursery.cancel_scope.cancel()
     assert 0 < len(list(store.iter_sync_items(scope))) < len(list(store.iter_sync_items()))
 
