@@ -73,8 +73,10 @@ DEFAULT_READERS = 8
 #: queued meanwhile, up to MAX_READ_BATCH, to one worker thread at once.
 DEFAULT_READ_LANES = 2
 MAX_READ_BATCH = 32
-#: Most sync items kept between sessions (about 150 bytes each: 30 MB); a store with more
-#: in scope reads them for every session.
+#: Sync items kept between sessions: only for a full mirror with at least ``..._MIN`` events
+#: (fewer are read in under 30 ms) and at most ``..._MAX`` (about 150 bytes each: 30 MB);
+#: other stores read them for every session.
+SYNC_ITEMS_CACHE_MIN = 50_000
 SYNC_ITEMS_CACHE_MAX = 200_000
 
 T = TypeVar("T")
@@ -112,6 +114,14 @@ def _merged(items: list[tuple[int, bytes]], new: list[tuple[int, bytes]]
         start = at
     out += items[start:]
     return out
+
+
+@dataclass(eq=False, slots=True)
+class _Reading:
+    """A read of sync items in progress; ``items`` once it succeeded."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    items: list[tuple[int, bytes]] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -161,7 +171,7 @@ class StoreService:
         self._reads_queued = trio.Event()
         self.read_batches = 0
         self._sync_cache: _SyncItems | None = None
-        self._sync_reading: dict[tuple[str, ...], trio.Event] = {}
+        self._sync_reading: dict[tuple[str, ...], _Reading] = {}
         #: changes with every commit and repair
         self._generation = 0
 
@@ -450,16 +460,18 @@ class StoreService:
     async def sync_items(self, prefixes: Sequence[str]) -> list[tuple[int, bytes]]:
         """(seconds, raw id) of the stored events in scope, sorted (``SyncStore``).
 
-        A full mirror's items (every record in scope) are kept, up to
-        ``SYNC_ITEMS_CACHE_MAX``, and brought up to date with the events committed since
-        rather than read again for every session. Before they are used, the store's count
+        A full mirror's items (every record in scope) are kept, from
+        ``SYNC_ITEMS_CACHE_MIN`` up to ``SYNC_ITEMS_CACHE_MAX``, and brought up to date
+        with the events committed since rather than read again for every session. Sessions
+        asking at once share one read. Before they are used, the store's count
         of events must equal theirs (events removed behind the service's back, by another
         connection, are noticed); a repair drops them.
         """
         scope = tuple(sorted({p.upper() for p in prefixes}))
-        reading = self._sync_reading.get(scope)
-        if reading is not None:  # another session's read of this scope
-            await reading.wait()
+        while (reading := self._sync_reading.get(scope)) is not None:
+            await reading.done.wait()  # another session's read of this scope: share it
+            if reading.items is not None:
+                return list(reading.items)
         cached = self._sync_cache
         if cached is not None and cached.scope == scope:
             if cached.pending:  # the events committed since, merged in (no await: atomic)
@@ -478,14 +490,15 @@ class StoreService:
             return list(self.store.iter_sync_items(scope or None))
 
         generation = self._generation
-        done = self._sync_reading[scope] = trio.Event()
+        reading = self._sync_reading[scope] = _Reading()
         try:
-            items = await trio.to_thread.run_sync(read, limiter=self._limiter)
+            items = reading.items = await trio.to_thread.run_sync(read, limiter=self._limiter)
         finally:
             del self._sync_reading[scope]
-            done.set()
+            reading.done.set()
         # a commit during the read may or may not be in it: keep only a clean snapshot
-        if not scope and generation == self._generation and len(items) <= SYNC_ITEMS_CACHE_MAX:
+        if (not scope and generation == self._generation
+                and SYNC_ITEMS_CACHE_MIN <= len(items) <= SYNC_ITEMS_CACHE_MAX):
             self._sync_cache = _SyncItems(scope, items)
         return list(items)
 

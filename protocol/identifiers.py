@@ -90,7 +90,7 @@ def parse_pith_number(text: str) -> PithNumber:
     return _parse_pith_number(text)
 
 
-@lru_cache(maxsize=8192)  # ingest parses each event's subject several times
+@lru_cache(maxsize=1024)  # ingest parses each event's subject several times
 def _parse_pith_number(text: str) -> PithNumber:
     t = text.strip()
     if t.lower().startswith("pith:"):

@@ -20,6 +20,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pithnode.node import store_service
 from pithnode.node.store_service import StoreService
 from pithnode.protocol.events import Event, make_native_event
 from pithnode.protocol.ingest import event_set_fingerprint, make_registry_imports, sync_item
@@ -759,8 +760,9 @@ class CountingReads:
         return self.store.iter_sync_items(prefixes)
 
 
-async def test_sync_items_are_kept_and_brought_up_to_date(store: Store, db: Path,
-                                                          recs: list[Record]) -> None:
+async def test_sync_items_are_kept_and_brought_up_to_date(
+        store: Store, db: Path, recs: list[Record], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_service, "SYNC_ITEMS_CACHE_MIN", 1)  # (a few dozen events here)
     counting = CountingReads(store)
     service = StoreService(counting, clock=lambda: T0)  # type: ignore[arg-type]
     scope = [recs[1].pith.rsplit(":", 1)[-1][:3].lower()]  # one record's, as a peer spells it
@@ -796,6 +798,8 @@ async def test_sync_items_are_kept_and_brought_up_to_date(store: Store, db: Path
 
 
 async def test_sessions_asking_at_once_share_one_read(store: Store, recs: list[Record]) -> None:
+    """(A store this small is read again for each later session: under SYNC_ITEMS_CACHE_MIN
+    events, reading costs less than keeping them.)"""
     counting = CountingReads(store)
     service = StoreService(counting, clock=lambda: T0)  # type: ignore[arg-type]
     store.ingest(recs[0].natives, source="peer", received_at=T0)
@@ -810,3 +814,5 @@ async def test_sessions_asking_at_once_share_one_read(store: Store, recs: list[R
                 nursery.start_soon(ask)
     assert counting.reads == 1
     assert got == [list(store.iter_sync_items())] * 3
+    assert await service.sync_items([]) == got[0]
+    assert counting.reads == 2
