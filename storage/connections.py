@@ -199,7 +199,9 @@ class WalCheckpointer:
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
-            while True:
+            # close() sets _stopped before _wake: a clear() of _wake that follows close()
+            # is seen by the check at the top, so the thread never waits after a close
+            while not self._stopped.is_set():
                 self._wake.wait()
                 if self._stopped.wait(self.delay_s):
                     return

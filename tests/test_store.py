@@ -28,7 +28,7 @@ from pithnode.protocol.merge import merge
 from pithnode.protocol.spec import NetworkSpec
 from pithnode.storage import migrate, writer
 from pithnode.storage.codec import CODEC_EVENT, decode_bytes, encode_event
-from pithnode.storage.connections import WRITER_AUTOCHECKPOINT_PAGES
+from pithnode.storage.connections import WRITER_AUTOCHECKPOINT_PAGES, WalCheckpointer
 from pithnode.storage.errors import (
     BatchTooLarge,
     NotAStore,
@@ -816,3 +816,24 @@ async def test_sessions_asking_at_once_share_one_read(store: Store, recs: list[R
     assert got == [list(store.iter_sync_items())] * 3
     assert await service.sync_items([]) == got[0]
     assert counting.reads == 2
+
+
+def test_a_close_racing_the_checkpointer_never_leaves_it_waiting(store: Store, db: Path) -> None:
+    """close() landing between the thread's wait for the delay and its clear() of the wake
+    flag (forced here: the flag's clear() does what close() does first) must still end the
+    thread; before, the thread went back to waiting on a flag nobody would set again."""
+    checkpointer = WalCheckpointer(db, delay_s=0.01)
+
+    class CloseLandsHere(threading.Event):
+        def clear(self) -> None:
+            checkpointer._stopped.set()
+            self.set()
+            super().clear()
+
+    checkpointer._wake = CloseLandsHere()
+    checkpointer.committed()
+    thread = checkpointer._thread
+    assert thread is not None
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert checkpointer.runs == 1  # the checkpoint it had started was finished
