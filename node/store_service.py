@@ -355,16 +355,19 @@ class StoreService:
     async def repair(self, *, verify_signatures: bool = False) -> FsckReport:
         """Rebuild every index and state from the objects (``Store.fsck(repair=True)``),
         dropping damaged objects; the read cache and the kept sync items start afresh."""
-        self.cache.clear()
-        self._sync_cache = None
-        self._generation += 1
+        self._forget_all()
         try:
             return await trio.to_thread.run_sync(partial(
                 self.store.fsck, repair=True, verify_signatures=verify_signatures))
         finally:
-            self.cache.clear()
-            self._sync_cache = None
-            self._generation += 1
+            self._forget_all()
+
+    def _forget_all(self) -> None:
+        """The read cache and the kept sync items start afresh (around a repair); a read of
+        sync items in progress is not kept."""
+        self.cache.clear()
+        self._sync_cache = None
+        self._generation += 1
 
     # -- reads -------------------------------------------------------------------------------
     async def resolve(self, identifier: str) -> str | None:
@@ -478,8 +481,7 @@ class StoreService:
                 cached.items = _merged(cached.items, cached.pending)
                 cached.pending = []
             items = cached.items
-            count = await trio.to_thread.run_sync(self.store.event_count,
-                                                  limiter=self._limiter)
+            count = (await self.counts()).events
             if self._sync_cache is cached and count == len(items) and not cached.pending:
                 return list(items)
             log.debug("the store holds %d events, the kept sync items %d: reading them again",

@@ -236,18 +236,7 @@ class Store:
     def ingest_group(self, parts: Sequence[tuple[Sequence[Event], str, float]]
                      ) -> list[IngestResult]:
         """Several batches, each with its own source and time, in one transaction."""
-        return self._finish(self._prepare(parts))
-
-    def check_group(self, parts: Sequence[tuple[Sequence[Event], str, float]]) -> Batch:
-        """The first half of :meth:`ingest_group`: check and encode the batches, without
-        the write lock and on any thread, so that a caller can check the next group while
-        this one commits (as :meth:`ingest_many` does). Commit with :meth:`commit_group`."""
-        return self._prepare(parts)
-
-    def commit_group(self, batch: Batch) -> list[IngestResult]:
-        """The second half of :meth:`ingest_group`: classify ``batch`` against what is
-        stored now (it may have been committed since it was checked) and commit it."""
-        return self._finish(batch)
+        return self.commit_group(self.check_group(parts))
 
     def ingest_many(self, events: Iterable[Event], *, source: str, received_at: float,
                     batch_events: int = DEFAULT_BATCH_EVENTS,
@@ -264,14 +253,14 @@ class Store:
 
         def finish(prepared: Batch) -> None:
             try:
-                done = self._finish(prepared)
+                done = self.commit_group(prepared)
             except BatchTooLarge:
                 events = prepared.parts[0][0]
                 if len(events) == 1:
                     raise
                 half = len(events) // 2
                 for chunk in (events[:half], events[half:]):
-                    finish(self._prepare([(chunk, source, received_at)]))
+                    finish(self.check_group([(chunk, source, received_at)]))
                 return
             summary.add(done[0])
             if on_batch is not None:
@@ -280,7 +269,7 @@ class Store:
         with ThreadPoolExecutor(1, thread_name_prefix="store-prepare") as stage:
             pending: Future[Batch] | None = None
             for batch in chunked(events, batch_events):
-                nxt = stage.submit(self._prepare, [(batch, source, received_at)])
+                nxt = stage.submit(self.check_group, [(batch, source, received_at)])
                 if pending is not None:
                     finish(pending.result())
                 pending = nxt
@@ -288,10 +277,12 @@ class Store:
                 finish(pending.result())
         return summary
 
-    # The write path, in two steps: _prepare (no write lock; any thread) checks signatures
-    # and encodes; _finish (under the write lock) classifies against the database and
-    # commits.
-    def _prepare(self, parts: Sequence[Part]) -> Batch:
+    # The write path, in two steps: check_group (no write lock; any thread) checks
+    # signatures and encodes; commit_group (under the write lock) classifies against the
+    # database and commits. A caller may check the next group while one commits.
+    def check_group(self, parts: Sequence[Part]) -> Batch:
+        """The first half of :meth:`ingest_group`: check and encode the batches, without
+        the write lock and on any thread. Commit with :meth:`commit_group`."""
         batch = make_batch(parts)
         with self._readers.read("cannot look up events") as conn:
             stored = stored_digests(conn, (it.eid for it in batch.items))
@@ -324,10 +315,12 @@ class Store:
         verified = [ok for part in self._pool.map(_verify_chunk, chunks) for ok in part]
         settle_signatures(pending, verified)
 
-    def _finish(self, batch: Batch) -> list[IngestResult]:
+    def commit_group(self, batch: Batch) -> list[IngestResult]:
+        """The second half of :meth:`ingest_group`: classify ``batch`` against what is
+        stored now (it may have been committed since it was checked) and commit it."""
         with self._write_lock:
             conn = self._writer()
-            try:  # what was committed since _prepare looked
+            try:  # what was committed since check_group looked
                 stored = stored_digests(conn, (it.eid for it in batch.items
                                                if it.reason is None))
             except sqlite3.Error as exc:
@@ -665,12 +658,6 @@ class Store:
                 "FROM objects").fetchone()
             invalid = conn.execute("SELECT count(*) FROM invalid_events").fetchone()[0]
         return StoreStats(records, events, objects, invalid, size, stored, self._file_bytes())
-
-    def event_count(self) -> int:
-        """Stored events (a count over the smallest index: a few ms per 100,000)."""
-        with self._read("cannot count events") as conn:
-            count: int = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        return count
 
     def counts(self) -> StoreCounts:
         """Records, events, invalid events and file size, from the indexes (what the
