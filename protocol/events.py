@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .canonical import canonical_json, sha256_raw
+from .documents import decode_json_finite
 from .errors import DecodeError, InputError, TooLarge
 from .identifiers import fingerprint_hex, parse_pith_number
 from .keys import SigningKey, public_key_from_key_id, verify_digest
@@ -38,6 +39,7 @@ __all__ = [
     "TARGETS",
     "Event",
     "Signer",
+    "event_from_bytes",
     "event_from_json",
     "event_from_state_entry",
     "make_native_event",
@@ -176,6 +178,13 @@ class Event:
     def time_key(self) -> int:
         return parse_timestamp(self.created_at)
 
+    @property
+    def known_finite(self) -> bool:
+        """Whether this event's values are known to hold no NaN or infinite float (the
+        parser made its envelope's canonical bytes, which refuses them): what is built of
+        them may pass ``finite=True`` to :func:`canonical_json`."""
+        return self.canonical is not None
+
     def core(self) -> dict[str, Any]:
         """What a native event's id and signature cover."""
         return {
@@ -239,8 +248,7 @@ class Event:
             return "not_native", None
         if self.verified:
             return None, None
-        # parsed events had their whole envelope's canonical bytes made (no NaN in it)
-        digest = sha256_raw(canonical_json(self.core(), finite=self.canonical is not None))
+        digest = sha256_raw(canonical_json(self.core(), finite=self.known_finite))
         if self.event_id != "sha256:" + digest.hex():
             return "event_id_mismatch", None
         try:
@@ -287,6 +295,12 @@ def _require_str(obj: Mapping[str, Any], key: str, limit: int = 256) -> str:
     if not isinstance(v, str) or not v or len(v) > limit:
         raise DecodeError("bad_envelope", f"event field {key!r} must be a non-empty string")
     return v
+
+
+def event_from_bytes(data: bytes, *, limit: int) -> Event:
+    """Parse one event's JSON bytes (at most ``limit`` of them)."""
+    obj, finite = decode_json_finite(data, limit=limit)
+    return event_from_json(obj, finite=finite)
 
 
 def event_from_json(obj: Any, *, finite: bool = False) -> Event:

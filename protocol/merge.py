@@ -97,7 +97,7 @@ def _admission(ev: Event, spec: NetworkSpec) -> Admission | None:
             return None
         # through canonical bytes, so payload key order never depends on where the
         # attestation came from (made here, or parsed from a peer's bytes)
-        finite = ev.canonical is not None  # a parsed event: its payload has no NaN
+        finite = ev.known_finite
         events = tuple(event_from_json(loads(canonical_json(e, finite=finite)), finite=finite)
                        for e in ev.payload["events"])
     except InputError:
@@ -115,7 +115,7 @@ def record_created_reason(ev: Event, subject: str, spec: NetworkSpec) -> str | N
     signature), cached on the spec. Thread-safe: the store calls it from its checking
     threads, where the signature check runs beside the write path, before merging."""
     return _memo(spec, ("record_created", sha256_raw(canonical_json(
-        [ev.payload, subject, ev.signer.key_id], finite=ev.canonical is not None))),
+        [ev.payload, subject, ev.signer.key_id], finite=ev.known_finite))),
         lambda: check_record_created(ev.payload, subject, ev.signer.key_id, spec))
 
 
@@ -134,7 +134,7 @@ def precheck(ev: Event, spec: NetworkSpec) -> None:
 
 def _content_key(ev: Event) -> bytes:
     return canonical_json([ev.event_type, ev.subject, ev.state_entry()],
-                          finite=ev.canonical is not None)
+                          finite=ev.known_finite)
 
 
 def _validate(ev: Event, subject: str, spec: NetworkSpec, verify_signatures: bool) -> str | None:

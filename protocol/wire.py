@@ -28,9 +28,8 @@ from typing import Any
 
 import cbor2
 
-from .documents import decode_json_finite
 from .errors import DecodeError, InputError, ProtocolError, TooLarge
-from .events import MAX_EVENT_BYTES, Event, event_from_json
+from .events import MAX_EVENT_BYTES, Event, event_from_bytes
 
 __all__ = [
     "GOSSIP_VERSION",
@@ -202,8 +201,7 @@ def decode_events(raw: Iterable[bytes]) -> list[Event]:
     """Parse each event's canonical JSON bytes; the first bad one raises InputError."""
     out = []
     for data in raw:
-        obj, finite = decode_json_finite(data, limit=MAX_EVENT_BYTES)
-        out.append(event_from_json(obj, finite=finite))
+        out.append(event_from_bytes(data, limit=MAX_EVENT_BYTES))
     return out
 
 

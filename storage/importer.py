@@ -24,10 +24,9 @@ from pithnode.protocol.documents import (
     MAX_DOCUMENT_BYTES,
     MAX_LINE_BYTES,
     decode_document,
-    decode_json_finite,
 )
 from pithnode.protocol.errors import DecodeError, InputError, TooLarge
-from pithnode.protocol.events import Event, event_from_json, utc_timestamp
+from pithnode.protocol.events import Event, event_from_bytes, event_from_json, utc_timestamp
 from pithnode.protocol.ingest import accept, make_registry_imports
 from pithnode.protocol.keys import SigningKey
 from pithnode.protocol.merge import admission_from_import
@@ -185,8 +184,7 @@ class _Importer:
                 for n, line in lines:
                     self.result.lines = n
                     try:
-                        obj, finite = decode_json_finite(line, limit=MAX_LINE_BYTES)
-                        ev = event_from_json(obj, finite=finite)
+                        ev = event_from_bytes(line, limit=MAX_LINE_BYTES)
                     except InputError as exc:
                         raise DecodeError(exc.reason, f"line {n}: {exc}") from exc
                     self.result.subjects.add(ev.subject)
