@@ -13,7 +13,7 @@ import trio.testing
 
 from pithnode.node.gossip import Gossip
 from pithnode.node.memory_transport import MemoryNetwork, MemoryTransport
-from pithnode.node.sync import SYNC_PROTOCOL, SyncEngine, SyncFailed
+from pithnode.node.sync import SYNC_PROTOCOL, SyncEngine, SyncFailed, SyncResult
 from pithnode.node.synth import SynthConfig, generate, synth_keys
 from pithnode.node.transport import PeerAddress, Stream, TransportConfig
 from pithnode.protocol.events import Event
@@ -114,59 +114,53 @@ class _CountingStream:
         return data
 
 
-async def test_fetches_are_pipelined_while_the_first_batch_is_ingested() -> None:
-    """The first ingest waits until the responder has read three gets: a fetch loop that
-    ingested each batch before asking for the next would never get there and time out."""
-    three_gets = trio.Event()
+class _GatedStore(MemStore):
+    """An empty store whose ingests wait until ``gate`` is set."""
 
-    class SlowStore(MemStore):
-        async def ingest_events(self, events: Sequence[Event], *, source: str
-                                ) -> tuple[int, int, int]:
-            await three_gets.wait()
-            return await super().ingest_events(events, source=source)
+    def __init__(self, gate: trio.Event) -> None:
+        super().__init__(SPEC)
+        self.gate = gate
 
-    full, empty = MemStore(SPEC, ALL), SlowStore(SPEC)
-    eng_b = engine(full)
+    async def ingest_events(self, events: Sequence[Event], *, source: str
+                            ) -> tuple[int, int, int]:
+        await self.gate.wait()
+        return await super().ingest_events(events, source=source)
+
+
+async def _sync_into_a_gated_store(kind: str) -> SyncResult:
+    """Sync a full store into an empty one whose ingests wait until the responder has read
+    three ``kind`` frames: the empty one fetches (``get``), or the full one pushes
+    (``put``). A transfer that waited for each batch's ingest would never get there."""
+    three = trio.Event()
+    full, empty = MemStore(SPEC, ALL), _GatedStore(three)
+    initiator, responder = (empty, full) if kind == "get" else (full, empty)
+    eng_b = engine(responder)
 
     async def handle(stream: Stream) -> None:
         await eng_b.handle_stream(_CountingStream(  # type: ignore[arg-type]
-            stream, lambda n: three_gets.set() if n >= 3 else None))
+            stream, lambda n: three.set() if n >= 3 else None, kind=kind))
 
     async with pair(handle) as (a, b, _):
         with trio.fail_after(30):
             stream = await a.open_stream(b.peer_id, SYNC_PROTOCOL)
-            await SyncEngine(empty, prefixes=(), timeout_s=5.0, fetch_batch=10,
-                             frame_size_limit=4096).sync_with(b.peer_id, stream)
+            result = await SyncEngine(initiator, prefixes=(), timeout_s=5.0, fetch_batch=10,
+                                      frame_size_limit=4096).sync_with(b.peer_id, stream)
     assert empty.ids() == full.ids()
     assert empty.states() == full.states()
+    return result
+
+
+async def test_fetches_are_pipelined_while_the_first_batch_is_ingested() -> None:
+    """The first ingest waits until the responder has read three gets: a fetch loop that
+    ingested each batch before asking for the next would never get there and time out."""
+    await _sync_into_a_gated_store("get")
 
 
 async def test_pushes_are_pipelined_while_the_first_batch_is_ingested() -> None:
     """The responder's first ingest of pushed events waits until it has read three puts: an
     initiator that waited for each ack before the next put would never get there."""
-    three_puts = trio.Event()
-
-    class SlowStore(MemStore):
-        async def ingest_events(self, events: Sequence[Event], *, source: str
-                                ) -> tuple[int, int, int]:
-            await three_puts.wait()
-            return await super().ingest_events(events, source=source)
-
-    full, empty = MemStore(SPEC, ALL), SlowStore(SPEC)
-    eng_b = engine(empty)
-
-    async def handle(stream: Stream) -> None:
-        await eng_b.handle_stream(_CountingStream(  # type: ignore[arg-type]
-            stream, lambda n: three_puts.set() if n >= 3 else None, kind="put"))
-
-    async with pair(handle) as (a, b, _):
-        with trio.fail_after(30):
-            stream = await a.open_stream(b.peer_id, SYNC_PROTOCOL)
-            result = await SyncEngine(full, prefixes=(), timeout_s=5.0, fetch_batch=10,
-                                      frame_size_limit=4096).sync_with(b.peer_id, stream)
+    result = await _sync_into_a_gated_store("put")
     assert result.pushed == len(ALL)
-    assert empty.ids() == full.ids()
-    assert empty.states() == full.states()
 
 
 async def _expect_failure(handler: Callable[[Stream], object], timeout: float = 5.0) -> MemStore:
